@@ -1,0 +1,72 @@
+"""Command-line flags ``--sample-reweight-*``, in the form Megatron-LM's ``extra_args_provider`` takes."""
+
+from __future__ import annotations
+
+import argparse
+
+from megatron_rw.config import SCHEDULES, ReweightConfig
+from megatron_rw.strategies import available_strategies
+
+_DEFAULTS = ReweightConfig()
+
+
+def _strategy(name: str) -> str:
+    # Checked at parse time, not via argparse `choices`, so strategies registered after the
+    # parser was built are accepted.
+    if name not in available_strategies():
+        raise argparse.ArgumentTypeError(
+            f"unknown strategy {name!r}; known strategies: {', '.join(available_strategies())}")
+    return name
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def add_sample_reweight_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``--sample-reweight-*`` flags; returns ``parser`` (Megatron-LM's ``extra_args_provider``)."""
+    g = parser.add_argument_group(
+        "sample reweighting",
+        "Dynamic loss-based sample reweighting (weights normalised per global micro-batch).")
+    g.add_argument("--sample-reweight-strategy", type=_strategy, default=_DEFAULTS.strategy,
+                   metavar="NAME",
+                   help="Score of the normalised per-sample loss: uniform (baseline, bit-for-bit "
+                        "identical loss), linupper, quadratic, extremes, or a registered name. "
+                        f"Default: {_DEFAULTS.strategy}.")
+    g.add_argument("--sample-reweight-r", type=_positive_float, default=_DEFAULTS.r,
+                   help="Softmax temperature after burn-in (end value of annealed schedules); "
+                        f"smaller is more peaked. Default: {_DEFAULTS.r}.")
+    g.add_argument("--sample-reweight-warmup-iters", type=_non_negative_int,
+                   default=_DEFAULTS.warmup_iters,
+                   help="Optimizer steps with exactly uniform weights before reweighting starts. "
+                        f"Default: {_DEFAULTS.warmup_iters}.")
+    g.add_argument("--sample-reweight-schedule", choices=SCHEDULES, default=_DEFAULTS.schedule,
+                   help="r after burn-in: constant, or linear/geometric from "
+                        "--sample-reweight-r-start to --sample-reweight-r over "
+                        f"--sample-reweight-anneal-iters steps. Default: {_DEFAULTS.schedule}.")
+    g.add_argument("--sample-reweight-r-start", type=_positive_float, default=_DEFAULTS.r_start,
+                   help=f"First r of an annealed schedule. Default: {_DEFAULTS.r_start}.")
+    g.add_argument("--sample-reweight-anneal-iters", type=_non_negative_int,
+                   default=_DEFAULTS.anneal_iters,
+                   help="Steps of the annealed schedule (required > 0 unless constant). "
+                        f"Default: {_DEFAULTS.anneal_iters}.")
+    g.add_argument("--sample-reweight-delta", type=_positive_float, default=_DEFAULTS.delta,
+                   help="Per-sample losses are normalised to [-delta, delta]. "
+                        f"Default: {_DEFAULTS.delta}.")
+    return parser

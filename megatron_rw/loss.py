@@ -1,0 +1,130 @@
+"""The loss hook: Megatron-LM's ``loss_func`` contract with loss-based sample weights.
+
+Per micro-batch, on the last pipeline stage of every (TP, CP, DP) rank:
+
+1. per-sample partial ``(sum_t mask*l, sum_t mask)`` over this rank's tokens ``[b, 2]``;
+2. all-reduce over the context-parallel group -> whole-sequence sums, so every CP rank of a
+   sample computes the same per-sample loss;
+3. per-sample loss ``sum / count`` (invalid: no tokens or non-finite -> NaN);
+4. all-gather over the data-parallel group -> ``[DP * b]``, the global micro-batch;
+5. weights (mean 1 over valid samples) from :func:`compute_sample_weights`, keep this rank's rows;
+6. each token loss is multiplied by its sample's weight; Megatron's own normalisation (by tokens
+   and micro-batches, or per token across DP) stays untouched.
+
+Weights are normalised per global micro-batch, not per global batch: the whole batch's losses
+would be needed before any backward, which 1F1B pipelining never has. The paper does the same.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+
+from megatron_rw.collectives import (
+    ReweightGroups,
+    gather_over_data_parallel,
+    sum_over_context_parallel,
+)
+from megatron_rw.config import ReweightConfig
+from megatron_rw.schedule import temperature_at
+from megatron_rw.stats import weight_statistics
+from megatron_rw.weights import compute_sample_weights
+
+CONTRACTS = ("token_sum", "mean")
+
+# Report keys. "lm loss" is Megatron's own key and stays *unweighted* so logs remain comparable
+# with baseline runs; everything else is a [value, 1] pair that Megatron averages over
+# micro-batches and ranks (identical on every rank, so the average is per micro-batch).
+LM_LOSS = "lm loss"
+WEIGHTED_LOSS = "weighted lm loss"
+STAT_KEYS = {
+    "ess": "sample weight ess",
+    "max": "sample weight max",
+    "min": "sample weight min",
+    "loss_range": "sample loss range",
+    "invalid": "invalid samples",
+}
+
+
+def reweighted_loss_func(
+    loss_mask: torch.Tensor,
+    output_tensor: torch.Tensor,
+    *,
+    config: ReweightConfig,
+    iteration: int,
+    contract: str = "token_sum",
+    groups: Optional[ReweightGroups] = None,
+) -> Union[
+    Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]],
+    Tuple[torch.Tensor, Dict[str, torch.Tensor]],
+]:
+    """Drop-in replacement for Megatron-LM's ``pretrain_gpt.loss_func`` with sample weights.
+
+    Use as ``partial(reweighted_loss_func, loss_mask, config=cfg, iteration=it)`` from
+    ``forward_step``. Called on the last pipeline stage only (as Megatron calls ``loss_func``).
+
+    Args:
+        loss_mask: ``[b, s_local]`` (this CP rank's tokens of each sample); 1 = token counts.
+        output_tensor: ``[b, s_local]`` per-token losses (GPTModel called with ``labels``).
+        config: reweighting settings.
+        iteration: optimizer steps completed before this one (selects r; burn-in = uniform).
+        contract: ``"token_sum"`` returns Megatron-LM's 3-tuple
+            ``(sum_tokens w*mask*l, num_tokens, report)`` for the schedules with or without
+            ``calculate_per_token_loss``; ``"mean"`` returns the legacy 2-tuple
+            ``(sum_tokens w*mask*l / tokens_of_the_whole_sequences, report)``.
+        groups: process groups; default ``ReweightGroups.from_parallel_state()``.
+
+    Returns:
+        The contract's tuple. ``num_tokens`` (int) counts this rank's tokens of valid samples.
+        ``report`` maps keys to ``[sum, count]`` float32 pairs: ``lm loss`` (unweighted),
+        ``weighted lm loss`` and the weight statistics of :data:`STAT_KEYS`.
+    """
+    if contract not in CONTRACTS:
+        raise ValueError(f"contract must be one of {CONTRACTS}, got {contract!r}")
+    if groups is None:
+        groups = ReweightGroups.from_parallel_state()
+    b = output_tensor.shape[0]
+    # fp32 whatever the model's dtype; the view mirrors Megatron-LM's flat sums below.
+    losses = output_tensor.float().reshape(b, -1)
+    mask = loss_mask.float().reshape(b, -1)
+
+    with torch.no_grad():
+        local_counts = mask.sum(dim=1)
+        partial = torch.stack([(losses * mask).sum(dim=1), local_counts], dim=1)
+        sums, counts = sum_over_context_parallel(partial, groups.context_parallel).unbind(1)
+        # Length-normalised per-sample loss. No tokens (Megatron's padding samples) gives 0/0 and
+        # a NaN token loss gives NaN: both are invalid and get weight 0.
+        per_sample = sums / counts
+        valid = (counts > 0) & torch.isfinite(per_sample)
+        per_sample = torch.where(valid, per_sample, torch.full_like(per_sample, float("nan")))
+
+        global_losses, offset = gather_over_data_parallel(per_sample, groups.data_parallel)
+        r = temperature_at(config, iteration)
+        global_weights = compute_sample_weights(global_losses, config.strategy, r, config.delta)
+        weights = global_weights.narrow(0, offset, b)
+        token_weights = (mask * weights[:, None]).view(-1)
+        num_tokens = torch.where(valid, local_counts, torch.zeros_like(local_counts)).sum()
+
+    # torch.where, not a multiply by 0: NaN * 0 is NaN. With every sample valid it returns the
+    # losses unchanged, and with weights of exactly 1.0 (uniform) token_weights == mask, so the
+    # flat product-and-sum is the same floating-point computation as Megatron-LM's baseline.
+    kept = torch.where(valid[:, None], losses, torch.zeros_like(losses)).view(-1)
+    weighted_sum = torch.sum(kept * token_weights)
+
+    with torch.no_grad():
+        unweighted_sum = torch.sum(kept * mask.view(-1))
+        report = {
+            LM_LOSS: torch.stack([unweighted_sum, num_tokens]),
+            WEIGHTED_LOSS: torch.stack([weighted_sum.detach(), num_tokens]),
+        }
+        one = torch.ones((), dtype=torch.float32, device=weights.device)
+        for name, value in weight_statistics(global_weights, global_losses).items():
+            report[STAT_KEYS[name]] = torch.stack([value.float(), one])
+
+    if contract == "mean":
+        # Legacy contract: mean over the whole sequences' tokens (summed over CP, as Megatron-LM's
+        # old loss_func did); the schedule then multiplies by the CP size.
+        total = torch.where(valid, counts, torch.zeros_like(counts)).sum().clamp(min=1.0)
+        return weighted_sum / total, report
+    return weighted_sum, num_tokens.to(torch.int), report

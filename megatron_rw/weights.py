@@ -1,0 +1,95 @@
+"""Per-sample weights from per-sample losses: normalise, score, tempered softmax.
+
+Pure math on one device: no ``torch.distributed``, no Megatron, no host synchronisation
+(no ``.item()``, no Python branching on tensor values), so it can sit in every micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from megatron_rw.strategies import StrategyFn, get_strategy
+
+# Floor of the loss range in the normalisation. When every valid loss is (almost) equal the
+# normalised losses become 0 instead of 0/0, which every strategy maps to equal weights.
+RANGE_EPS = 1e-6
+
+
+def normalise_losses(
+    losses: torch.Tensor, valid: torch.Tensor, delta: float
+) -> torch.Tensor:
+    """Rescale valid losses to ``[-delta, delta]``: the lowest valid loss -> -delta, highest -> +delta.
+
+    ``x = delta * ((l - lmin) - (lmax - l)) / max(lmax - lmin, eps)``, which equals the paper's
+    ``delta * (2 l - lmax - lmin) / (lmax - lmin)`` but cannot overflow on huge losses.
+
+    Args:
+        losses: float32 ``[N]``.
+        valid: bool ``[N]``; invalid entries are ignored by min/max and get ``x = 0``.
+        delta: half-width of the target interval.
+
+    Returns:
+        float32 ``[N]`` in ``[-delta, delta]``.
+    """
+    inf = torch.full_like(losses, math.inf)
+    lmax = torch.where(valid, losses, -inf).amax()
+    lmin = torch.where(valid, losses, inf).amin()
+    # With no valid sample lmax - lmin = -inf; the floor keeps the division finite and the
+    # final where discards the (meaningless) values.
+    span = torch.clamp(lmax - lmin, min=RANGE_EPS)
+    x = delta * ((losses - lmin) - (lmax - losses)) / span
+    return torch.where(valid, x.clamp(-delta, delta), torch.zeros_like(x))
+
+
+def compute_sample_weights(
+    losses: torch.Tensor,
+    strategy: Union[str, StrategyFn],
+    r: float,
+    delta: float = 1.0,
+    valid: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Loss-based sample weights with mean exactly 1 over the valid samples.
+
+    ``w_i = N_valid * exp((f_i - max f) / r) / sum_valid exp((f_j - max f) / r)`` where
+    ``f = strategy(normalise(losses))``. This is the closed-form maximiser of
+    ``sum_i w_i f_i - r KL(w || uniform)`` on the simplex, rescaled so that the weights multiply
+    per-sample losses without changing the loss scale. ``r = inf`` gives uniform weights, and the
+    ``uniform`` strategy gives weights that are exactly 1.0 (bit-for-bit), whatever ``r``.
+
+    Weights are constants for autograd: no gradient flows through them.
+
+    Args:
+        losses: ``[N]`` per-sample (length-normalised) losses, any float dtype, any device.
+            Should be identical on every rank that uses the weights (gathered over data parallel).
+        strategy: a registered strategy name or a callable ``f(x, delta)``.
+        r: temperature (> 0; ``math.inf`` for uniform). A Python float, so no host sync.
+        delta: half-width of the normalised-loss interval (the paper uses 1).
+        valid: optional bool ``[N]``; ``False`` marks samples to ignore (e.g. all-masked padding).
+            Non-finite losses are always invalid.
+
+    Returns:
+        float32 ``[N]`` on ``losses.device``; 0 for invalid samples, mean 1 over valid samples.
+        If no sample is valid every weight is 0 (never NaN).
+    """
+    if not (r > 0):
+        raise ValueError(f"reweighting temperature r must be > 0, got {r}")
+    fn = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    losses = losses.detach().float()
+    ok = torch.isfinite(losses)
+    if valid is not None:
+        ok = ok & valid.to(device=losses.device, dtype=torch.bool)
+
+    scores = fn(normalise_losses(losses, ok, delta), delta).float()
+    neg_inf = torch.full_like(scores, -math.inf)
+    top = torch.where(ok, scores, neg_inf).amax()
+    # Subtracting the max keeps exp() <= 1 (no overflow for small r); the max term is exp(0) = 1,
+    # so the sum is >= 1 whenever a sample is valid, and clamping at 1 only matters when none is.
+    logits = torch.where(ok, (scores - top) / r, neg_inf)
+    unnorm = torch.exp(logits)
+    total = unnorm.sum().clamp(min=1.0)
+    n_valid = ok.sum().float()
+    # (n_valid / total) is exactly 1.0 when every score ties, so uniform weights are exactly 1.
+    return unnorm * (n_valid / total)
