@@ -1,0 +1,294 @@
+"""Run megatron-core's CUDA-only code paths on a CPU-only machine (tests, CI, demos).
+
+megatron-core 0.16.1 hard-codes CUDA in many places that a training step touches: the RNG
+tracker (`tensor_parallel/random.py`), DDP grad buffers and the schedules allocate with
+`device=torch.cuda.current_device()` or `device="cuda"`, `language_module.py` calls `.cuda()`
+under pipeline parallelism, RoPE asks for `pin_memory=True` under context parallelism, and grad
+clipping / the distributed optimizer assert `tensor.type() == 'torch.cuda.FloatTensor'`.
+Rather than patching each call site (a moving target across versions) we make "cuda" mean the
+CPU for the whole process, in three parts:
+
+1. `torch.cuda.*` stubs: current_device / set_device / synchronize / Stream / Event / nvtx /
+   memory statistics become cheap no-ops so bookkeeping code runs.
+2. CUDA RNG -> CPU RNG: `torch.cuda.{get,set}_rng_state`, `manual_seed(_all)` and
+   `torch.cuda.default_generators` use the CPU default generator, so Megatron's
+   `CudaRNGStatesTracker` forks (dropout, TP init) fork the generator that CPU ops really use.
+3. A `TorchFunctionMode`, entered once and left active, that rewrites cuda devices to cpu in every
+   torch call, drops `pin_memory`, makes `Tensor.cuda()` return self and makes `Tensor.type()`
+   report `torch.cuda.*` names for CPU tensors. A mode is switched off while its handler runs, so
+   `backward()` / `autograd.grad` are re-dispatched with the mode pushed again: Megatron's custom
+   autograd functions allocate on "cuda" in their backward too (e.g. sequence-parallel linear).
+
+Collectives need nothing: every tensor is a CPU tensor, which gloo handles. Use `backend()` to pick
+the process-group backend. The shim is installed only when no GPU is present; intercepting every
+torch call in Python costs ~12-16 % step time (GUIDE.md §2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import torch
+
+__all__ = ["enable_cpu_runtime", "is_enabled", "backend"]
+
+_lock = threading.Lock()
+_enabled = False
+_mode = None  # the active _CudaAsCpuMode; kept referenced so it is never garbage-collected
+
+
+def backend() -> str:
+    """The torch.distributed backend that matches this machine: "nccl" with a GPU, else "gloo"."""
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def is_enabled() -> bool:
+    """True once `enable_cpu_runtime()` has installed the shim in this process."""
+    return _enabled
+
+
+def enable_cpu_runtime() -> bool:
+    """Install the CPU shim if this machine has no GPU. Idempotent.
+
+    Call it before building Megatron models (ideally right after `import torch`). It never
+    touches a machine with a usable GPU.
+
+    Returns:
+        True if the shim is (now) active, False if CUDA is available and nothing was done.
+    """
+    global _enabled, _mode
+    if torch.cuda.is_available():
+        return False
+    with _lock:
+        if _enabled:
+            return True
+        _stub_cuda_api()
+        _redirect_cuda_rng()
+        _patch_megatron_rng()
+        # Entered globally and never exited: Megatron allocates on "cuda" from any code path.
+        _mode = _CudaAsCpuMode()
+        _mode.__enter__()
+        _enabled = True
+    return True
+
+
+# --------------------------------------------------------------------------- part 1: API stubs
+class _FakeStream:
+    """Stands in for torch.cuda.Stream: CPU work is synchronous, so every wait is a no-op."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def wait_stream(self, stream):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+    def record_event(self, event=None):
+        return event if event is not None else _FakeEvent()
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event; timings read as 0 ms (Megatron's timers use wall clock)."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def record(self, stream=None):
+        pass
+
+    def wait(self, stream=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def elapsed_time(self, end_event):
+        return 0.0
+
+
+_DEFAULT_STREAM = _FakeStream()
+
+
+def _const(value):
+    """A fresh function returning `value`. Every stub must be a distinct object: torch._dynamo
+    keys its trace rules by function identity and asserts if one object gets two rules."""
+
+    def stub(*args, **kwargs):
+        return value
+
+    return stub
+
+
+def _stub_cuda_api():
+    cuda = torch.cuda
+    stubs = {
+        # There is exactly one "device" and it is device 0; Megatron passes this int as `device=`,
+        # which part 3 maps back to the CPU.
+        "current_device": lambda: 0,
+        "device_count": lambda: 1,
+        "set_device": _const(None),
+        "synchronize": _const(None),
+        "empty_cache": _const(None),
+        "Stream": _FakeStream,
+        "Event": _FakeEvent,
+        "current_stream": lambda device=None: _DEFAULT_STREAM,
+        "default_stream": lambda device=None: _DEFAULT_STREAM,
+        "set_stream": _const(None),
+        # `with torch.cuda.stream(s):` only orders GPU kernels; nothing to order on CPU.
+        "stream": lambda stream=None: contextlib.nullcontext(),
+        "memory_allocated": _const(0),
+        "max_memory_allocated": _const(0),
+        "memory_reserved": _const(0),
+        "max_memory_reserved": _const(0),
+        "reset_peak_memory_stats": _const(None),
+        "reset_max_memory_allocated": _const(None),
+        "memory_stats": lambda device=None: {},
+        "get_device_name": lambda device=None: "cpu",
+        "get_device_capability": lambda device=None: (0, 0),
+    }
+    for name, fn in stubs.items():
+        setattr(cuda, name, fn)
+    # nvtx ranges are profiler annotations; the CPU build's stub raises on every call.
+    for name in ("range_push", "range_pop", "mark"):
+        setattr(cuda.nvtx, name, _const(None))
+    cuda.nvtx.range = lambda *a, **k: contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------- part 2: RNG
+def _get_rng_state(device="cuda"):
+    return torch.default_generator.get_state()
+
+
+def _set_rng_state(new_state, device="cuda"):
+    torch.default_generator.set_state(new_state)
+
+
+def _manual_seed(seed):
+    # NOT torch.manual_seed: it calls torch.cuda.manual_seed_all, i.e. this function -> recursion.
+    torch.default_generator.manual_seed(int(seed))
+
+
+def _redirect_cuda_rng():
+    cuda = torch.cuda
+    for mod in (cuda, cuda.random):
+        mod.get_rng_state = _get_rng_state
+        mod.set_rng_state = _set_rng_state
+        mod.get_rng_state_all = lambda: [_get_rng_state()]
+        mod.set_rng_state_all = lambda states: _set_rng_state(states[0])
+        mod.manual_seed = _manual_seed
+        mod.manual_seed_all = lambda seed: _manual_seed(seed)
+        mod.seed = lambda: torch.default_generator.seed()
+        mod.seed_all = mod.seed
+        mod.initial_seed = lambda: torch.default_generator.initial_seed()
+    # Megatron's `_set_cuda_rng_state` indexes `torch.cuda.default_generators[current_device()]`.
+    cuda.default_generators = (torch.default_generator,)
+
+
+def _patch_megatron_rng():
+    try:
+        from megatron.core.tensor_parallel import random as mrandom
+    except ImportError:  # megatron-core not installed: parts 1-3 still help plain torch code
+        return
+    # `_set_cuda_rng_state` runs its work through `torch.cuda._lazy_call`, which on a machine
+    # without CUDA queues the callback for a CUDA init that never happens: the RNG tracker would
+    # silently never restore its states. Run the callback at once instead.
+    mrandom._lazy_call = lambda fn, **kwargs: fn()
+    # CudaRNGStatesTracker.fork() warns when the CPU RNG moved inside a CUDA-RNG fork; here the two
+    # are one generator, so every dropout inside a fork would log it. Its restore logic is correct.
+    logging.getLogger(mrandom.__name__).addFilter(
+        lambda record: "CPU RNG state changed within GPU RNG" not in record.getMessage()
+    )
+
+
+# --------------------------------------------------------------------------- part 3: devices
+def _is_cuda_device(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    # A bare int is a CUDA ordinal (what `torch.cuda.current_device()` hands out).
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+def _tensor_type(args, kwargs):
+    self, dtype = args[0], (args[1] if len(args) > 1 else kwargs.pop("dtype", None))
+    if dtype is None:
+        # Megatron's clip_grads / distributed optimizer assert 'torch.cuda.FloatTensor' etc.
+        name = torch.Tensor.type(self)
+        return name if ".cuda." in name else name.replace("torch.", "torch.cuda.", 1)
+    if isinstance(dtype, str):  # 'torch.cuda.HalfTensor' -> 'torch.HalfTensor'
+        dtype = dtype.replace("torch.cuda.", "torch.", 1)
+    return torch.Tensor.type(self, dtype, *args[2:], **kwargs)
+
+
+def _tensor_to(args, kwargs):
+    if len(args) > 1 and _is_cuda_device(args[1]):
+        args = (args[0], "cpu") + tuple(args[2:])
+    return torch.Tensor.to(*args, **kwargs)
+
+
+_METHODS = {
+    torch.Tensor.cuda: lambda args, kwargs: args[0],  # already "on the device"
+    torch.Tensor.pin_memory: lambda args, kwargs: args[0],  # pinning needs a CUDA driver
+    torch.Tensor.record_stream: lambda args, kwargs: None,  # streams are fake (part 1)
+    torch.Tensor.type: _tensor_type,
+    torch.Tensor.to: _tensor_to,
+}
+
+
+# Torch functions that run arbitrary Python inside them (Function.backward, autograd hooks), which
+# must see this mode too; handled in the mode itself. `_skip_one_hop` = "call `func` without
+# dispatching to the current mode" (torch.overrides.redispatch_function); where an older torch
+# lacks it, backward passes run without the mode.
+_REDISPATCH = object()
+_skip_one_hop = getattr(torch._C, "_skip_one_hop_torch_function", None)
+if _skip_one_hop is not None:
+    for _fn in (torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad):
+        _METHODS[_fn] = _REDISPATCH
+
+
+class _CudaAsCpuMode(torch.overrides.TorchFunctionMode):
+    """Maps cuda devices to cpu in every torch function / Tensor method call.
+
+    Runs for every torch call, so the common path (no kwargs, no special method) is one dict
+    lookup. The mode stack is thread-local: threads Megatron starts itself do not see it.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if kwargs:
+            device = kwargs.get("device")
+            cuda_device = device is not None and _is_cuda_device(device)
+            if cuda_device or "pin_memory" in kwargs:
+                kwargs = dict(kwargs)
+                if cuda_device:
+                    kwargs["device"] = "cpu"
+                kwargs.pop("pin_memory", None)
+        special = _METHODS.get(func)
+        if special is None:
+            return func(*args, **kwargs) if kwargs else func(*args)
+        if special is _REDISPATCH:
+            # A mode is popped while its handler runs, so plain `func(...)` would run the whole
+            # backward pass (custom Function backwards, DDP grad hooks) without this mode. Re-push
+            # it and skip just this one dispatch level.
+            with self:
+                return _skip_one_hop(func, types, args, kwargs or {})
+        return special(args, dict(kwargs) if kwargs else {})
