@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "equivalence.py")
 CONTRACTS = ["token_sum", "per_token", "mean"]
 LAUNCHES = {
-    1: dict(layouts=["1"], bitwise=["1"]),
+    1: dict(layouts=["1", "stock"], bitwise=["1"]),
     2: dict(layouts=["dp2", "tp2", "pp2", "cp2", "pp2xvpp2", "tp2xsp", "dp2xdopt"],
             bitwise=["dp2", "pp2", "tp2", "cp2"]),
     4: dict(layouts=["tp2xdp2", "pp2xdp2", "cp2xdp2", "tp2xpp2", "tp2xcp2"], bitwise=[]),
@@ -78,6 +78,13 @@ def test_layout_matches_single_process(results, layout, nproc, contract):
     assert min(ref["ess"]) < 0.9, "weights must be non-uniform for the check to mean anything"
     for key, tol in RTOL.items():
         assert max_rel(got[key], ref[key]) <= tol, (layout, contract, key, got[key], ref[key])
+
+
+@pytest.mark.parametrize("contract", CONTRACTS)
+def test_cpu_layer_spec_is_megatrons_local_spec(results, contract):
+    # The CPU spec (CP-capable attention, SP-capable norm) changes nothing at CP = 1, SP off.
+    eq = results(1)["equivalence"]
+    assert eq["STOCK"][contract] == eq["1proc"][contract]
 
 
 def test_contracts_differ_where_they_should(results):
