@@ -1,6 +1,6 @@
 """Build a tiny GPT in any (TP, PP, VPP, CP, DP) layout with layout-invariant weights and data.
 
-Shared by the CPU smoke worker and the multi-rank equivalence tests. The contract that makes
+Shared by the multi-rank equivalence tests (tests/workers/equivalence.py). The contract that makes
 layouts comparable: the same seed gives
   - the same global weights (`reinit_layout_invariant`: every ShardedTensor is cut out of a full
     tensor generated from its checkpoint key, so TP sharding, PP stage split and RNG consumption
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from functools import partial
 from typing import Optional
 
 import torch
@@ -27,7 +26,6 @@ from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer import TransformerConfig
 from megatron.core.utils import get_batch_on_this_cp_rank
@@ -198,46 +196,3 @@ def gpt_loss_func(loss_mask, output_tensor):
     num_tokens = mask.sum().clone().detach().to(torch.int)
     report = torch.cat([loss.clone().detach().view(1), num_tokens.view(1)])
     return loss, num_tokens, {"lm loss": report}
-
-
-def gpt_forward_step(data_iterator, model):
-    """Megatron-LM style forward_step: returns (output_tensor, loss_func)."""
-    batch = next(data_iterator)
-    output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    return output, partial(gpt_loss_func, batch["loss_mask"])
-
-
-def train_step(chunks, optimizer, step: int, num_micro: int = 2, rows: int = 4, data_seed: int = 0,
-               forward_step=gpt_forward_step):
-    """One optimizer step over `num_micro` global micro-batches of `rows` rows (rows / DP per rank).
-    Returns (global lm loss, grad norm) as floats, identical on every rank."""
-    def micro_batches():
-        for m in range(num_micro):
-            yield local_micro_batch(global_micro_batch(step, m, rows, data_seed))
-
-    iterators = [micro_batches() for _ in chunks]
-    for chunk in chunks:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
-    dp = ps.get_data_parallel_world_size(with_context_parallel=False)
-    reports = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=iterators if len(chunks) > 1 else iterators[0],
-        model=chunks if len(chunks) > 1 else chunks[0],
-        num_microbatches=num_micro, seq_length=SEQ, micro_batch_size=rows // dp,
-        forward_only=False,
-    )
-    _, grad_norm, _ = optimizer.step()
-    # lm loss = total masked loss / total tokens over micro-batches and DP x CP (last stage only);
-    # then broadcast to every rank through a world all-reduce where only one rank contributes.
-    total = torch.zeros(2)
-    if reports:
-        total = torch.stack([r["lm loss"] for r in reports]).sum(0)
-        dist.all_reduce(total, group=ps.get_data_parallel_group(with_context_parallel=True))
-    owner = (ps.is_pipeline_last_stage(ignore_virtual=True)
-             and ps.get_tensor_model_parallel_rank() == 0
-             and ps.get_data_parallel_rank(with_context_parallel=True) == 0)
-    out = torch.tensor([total[0] / total[1] if owner else 0.0, grad_norm if owner else 0.0],
-                       dtype=torch.float64)
-    dist.all_reduce(out)
-    return float(out[0]), float(out[1])

@@ -1,0 +1,1 @@
+"""Pieces of ``python -m megatron_rw.pretrain_gpt``: arguments, data, checkpoints, metrics."""

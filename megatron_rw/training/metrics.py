@@ -1,0 +1,77 @@
+"""Report averaging (Megatron's ``[sum, count]`` pairs) and the scalar writers of rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state as ps
+
+from megatron_rw.loss import LM_LOSS, STAT_KEYS, WEIGHTED_LOSS
+
+REPORT_KEYS = (LM_LOSS, WEIGHTED_LOSS, *STAT_KEYS.values())
+
+
+def average_reports(reports: Optional[List[dict]]) -> Dict[str, float]:
+    """Average per-micro-batch reports as Megatron-LM does; collective over the world.
+
+    On the last pipeline stage the ``[sum, count]`` pairs are summed over micro-batches and
+    all-reduced over DP×CP. Exactly one rank (last stage, TP rank 0, DP×CP rank 0) then contributes
+    them to a world all-reduce that every other rank joins with zeros, so rank 0 (and everyone)
+    gets the last stage's values bit for bit. Keys missing from the reports are left out.
+    """
+    totals = torch.zeros(len(REPORT_KEYS), 2, dtype=torch.float32)
+    if reports:
+        for i, key in enumerate(REPORT_KEYS):
+            if key in reports[0]:
+                totals[i] = torch.stack([r[key].float().view(2) for r in reports]).sum(0)
+        dist.all_reduce(totals, group=ps.get_data_parallel_group(with_context_parallel=True))
+    owner = (ps.is_pipeline_last_stage(ignore_virtual=True)
+             and ps.get_tensor_model_parallel_rank() == 0
+             and ps.get_data_parallel_rank(with_context_parallel=True) == 0)
+    if not owner:
+        totals.zero_()
+    dist.all_reduce(totals)
+    return {k: (totals[i, 0] / totals[i, 1]).item() for i, k in enumerate(REPORT_KEYS)
+            if totals[i, 1] > 0}
+
+
+class MetricsWriter:
+    """Scalars to TensorBoard (when it imports) and always to a JSONL file; rank 0 only."""
+
+    def __init__(self, jsonl_path: Optional[str], tensorboard_dir: Optional[str], active: bool):
+        self.active = active
+        self.tb = None
+        self.file = None
+        if not active:
+            return
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(log_dir=tensorboard_dir)
+            except ImportError:
+                print(f"note: torch.utils.tensorboard is not importable; scalars go only to "
+                      f"{jsonl_path}", flush=True)
+        if jsonl_path:
+            os.makedirs(os.path.dirname(os.path.abspath(jsonl_path)), exist_ok=True)
+            self.file = open(jsonl_path, "a", encoding="utf-8")
+
+    def write(self, iteration: int, scalars: Dict[str, float], prefix: str = "") -> None:
+        if not self.active:
+            return
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(prefix + k, v, iteration)
+        if self.file is not None:
+            record = {"iteration": iteration, **{prefix + k: v for k, v in scalars.items()}}
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.file is not None:
+            self.file.close()

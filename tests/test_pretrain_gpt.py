@@ -1,0 +1,209 @@
+"""``python -m megatron_rw.pretrain_gpt`` end to end on CPU/gloo, on real text (stdlib docstrings)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.data.stdlib_text import stdlib_docstrings
+from tests.workers.launch import REPO, free_port, torchrun
+
+SCRIPT = os.path.join(REPO, "megatron_rw", "pretrain_gpt.py")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Two domains (docstrings of the first and second half of the modules), train + valid each."""
+    from megatron_rw.data.indexed import write_indexed_dataset
+    from megatron_rw.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
+
+    root = tmp_path_factory.mktemp("corpus")
+    docs = stdlib_docstrings()
+    model = train_sentencepiece(docs, root / "tok.model", vocab_size=512, num_threads=1)
+    tok = SentencePieceTokenizer(model)
+    half = len(docs) // 2
+    out = {"tokenizer": str(model)}
+    for name, part in (("alpha", docs[:half]), ("beta", docs[half:])):
+        valid = part[::10]
+        train = [d for i, d in enumerate(part) if i % 10]
+        for split, texts in (("train", train), ("valid", valid)):
+            prefix = str(root / f"{name}_{split}")
+            write_indexed_dataset(prefix, texts, tok, num_threads=1)
+            out[f"{name}_{split}"] = prefix
+    return out
+
+
+def base_args(corpus, **over):
+    args = {
+        "--num-layers": 2, "--hidden-size": 32, "--num-attention-heads": 4, "--seq-length": 32,
+        "--micro-batch-size": 2, "--global-batch-size": 8, "--train-iters": 4, "--lr": 1e-3,
+        "--lr-warmup-iters": 1, "--lr-decay-style": "cosine", "--min-lr": 1e-4,
+        "--log-interval": 1, "--eval-interval": 2, "--eval-iters": 1, "--make-vocab-size-divisible-by": 64,
+        "--tokenizer-type": "SentencePieceTokenizer", "--tokenizer-model": corpus["tokenizer"],
+        "--sample-reweight-strategy": "linupper", "--sample-reweight-warmup-iters": 2,
+        "--sample-reweight-r": 0.5,
+    }
+    args.update(over)
+    flat = []
+    for k, v in args.items():
+        if v is None:
+            continue
+        flat.append(k)
+        if v is not True:
+            flat += v.split() if isinstance(v, str) and k.endswith("data-path") else [str(v)]
+    flat += ["--train-data-path", "1", corpus["alpha_train"], "2", corpus["beta_train"],
+             "--valid-data-path", "1", corpus["alpha_valid"], "1", corpus["beta_valid"]]
+    return flat
+
+
+def iteration_lines(log):
+    return [l for l in log.splitlines() if l.lstrip().startswith("iteration ")]
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f]
+
+
+def test_dp2_linupper_logs_loss_and_ess(corpus, tmp_path):
+    log = torchrun(SCRIPT, 2, base_args(corpus, **{"--save": str(tmp_path / "ckpt")}))
+    lines = iteration_lines(log)
+    assert len(lines) == 4, log[-3000:]
+    for line in lines:
+        assert "lm loss:" in line and "sample weight ess:" in line and "grad norm:" in line
+    rows = [r for r in read_metrics(tmp_path / "ckpt" / "metrics.jsonl") if "train/lm loss" in r]
+    assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+    # burn-in (2 iterations): exactly uniform; afterwards linupper with r=0.5 spreads the weights
+    assert rows[0]["train/sample weight ess"] == 1.0 and rows[1]["train/sample weight ess"] == 1.0
+    assert rows[3]["train/sample weight ess"] < 1.0
+    assert rows[3]["train/weighted lm loss"] != rows[3]["train/lm loss"]
+    valid = [r for r in read_metrics(tmp_path / "ckpt" / "metrics.jsonl") if "valid/all/lm loss" in r]
+    assert {"valid/alpha_valid/lm loss", "valid/beta_valid/lm loss"} <= set(valid[-1])
+    assert os.path.exists(tmp_path / "ckpt" / "iter_0000004" / "model_optim_rng_tp00_pp000.pt")
+    assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text() == "4"
+
+
+def test_tp2_runs(corpus, tmp_path):
+    log = torchrun(SCRIPT, 2, base_args(corpus, **{"--tensor-model-parallel-size": 2,
+                                                  "--global-batch-size": 4, "--train-iters": 3,
+                                                  "--metrics-file": str(tmp_path / "m.jsonl")}))
+    assert "TP 2 PP 1 CP 1 DP 1" in log
+    assert len(iteration_lines(log)) == 3
+    rows = [r for r in read_metrics(tmp_path / "m.jsonl") if "train/lm loss" in r]
+    assert all(5.0 < r["train/lm loss"] < 7.0 for r in rows)
+
+
+RESUME = {"--train-iters": 8, "--save-interval": 4, "--eval-interval": 4,
+          "--sample-reweight-schedule": "linear", "--sample-reweight-r-start": 5.0,
+          "--sample-reweight-warmup-iters": 2, "--sample-reweight-anneal-iters": 5}
+COMPARED = ("train/lm loss", "train/weighted lm loss", "train/sample weight ess",
+            "train/grad norm", "train/learning rate", "train/reweight r")
+
+
+def _train_rows(path):
+    return {r["iteration"]: r for r in read_metrics(path) if "train/lm loss" in r}
+
+
+def _children(pid):
+    """Pids whose parent is ``pid`` (torchrun starts its workers in their own sessions, so killing
+    torchrun's process group would leave them running)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _kill_job(proc):
+    """SIGKILL the workers first (no chance to save anything), then torchrun."""
+    for pid in _children(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_resume_after_sigkill_is_bitwise_identical(corpus, tmp_path):
+    """Run A: 8 iterations. Run B: same flags, SIGKILLed (torchrun and both ranks) right after the
+    iteration-4 checkpoint; run C resumes it. Iterations 5-8 of C equal A's bit for bit, with
+    dropout on and r mid-anneal (warm-up 2, anneal over iterations 2-7)."""
+    a = tmp_path / "a"
+    torchrun(SCRIPT, 2, base_args(corpus, **RESUME, **{"--save": str(a)}))
+
+    b = tmp_path / "b"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", SCRIPT,
+           *base_args(corpus, **RESUME, **{"--save": str(b)})]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    seen = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if "saved checkpoint at iteration       4" in line:
+                _kill_job(proc)
+                break
+    finally:
+        if proc.poll() is None:
+            _kill_job(proc)
+        proc.wait(timeout=60)
+    assert any("saved checkpoint at iteration       4" in l for l in seen), "".join(seen)[-3000:]
+    assert proc.returncode == -signal.SIGKILL
+    assert (b / "latest_checkpointed_iteration.txt").read_text() == "4"
+
+    log = torchrun(SCRIPT, 2, base_args(corpus, **RESUME, **{
+        "--save": str(b), "--load": str(b), "--metrics-file": str(tmp_path / "c.jsonl")}))
+    assert "loaded iteration 4 (32 samples)" in log, log[-4000:]
+    rows_a, rows_c = _train_rows(a / "metrics.jsonl"), _train_rows(tmp_path / "c.jsonl")
+    assert sorted(rows_c) == [5, 6, 7, 8]
+    assert 1.0 < rows_c[5]["train/reweight r"] < 5.0  # mid-anneal at the resume point
+    for it in (5, 6, 7, 8):
+        for key in COMPARED:
+            assert rows_c[it][key] == rows_a[it][key], (it, key, rows_c[it][key], rows_a[it][key])
+
+
+@pytest.mark.parametrize("over,flag", [
+    ({"--global-batch-size": 3}, "--global-batch-size"),
+    ({"--tensor-model-parallel-size": 2}, "--tensor-model-parallel-size"),
+    ({"--train-data-path-missing": True}, "--train-data-path"),
+    ({"--small-tokenizer": True}, "--tokenizer-model"),
+    ({"--sample-reweight-schedule": "linear"}, "--sample-reweight-anneal-iters"),
+    ({"--no-such-megatron-flag": 1}, "--no-such-megatron-flag"),
+])
+def test_bad_input_fails_before_training(corpus, tmp_path, over, flag):
+    over = dict(over)
+    args = base_args(corpus, **{k: v for k, v in over.items()
+                                if k not in ("--train-data-path-missing", "--small-tokenizer")})
+    if "--train-data-path-missing" in over:
+        args[args.index(corpus["alpha_train"])] = str(tmp_path / "nowhere")
+    if "--small-tokenizer" in over:
+        from megatron_rw.data.tokenizer import train_sentencepiece
+        small = train_sentencepiece(stdlib_docstrings(), tmp_path / "small.model", vocab_size=400,
+                                    num_threads=1)
+        args[args.index(corpus["tokenizer"])] = str(small)
+    with pytest.raises(RuntimeError) as err:
+        torchrun(SCRIPT, 1, args)
+    assert flag in str(err.value)
+    assert not iteration_lines(str(err.value))
+
+
+def test_data_path_with_split(corpus, tmp_path):
+    args = base_args(corpus, **{"--train-iters": 2, "--eval-interval": 2, "--global-batch-size": 2,
+                                "--metrics-file": str(tmp_path / "m.jsonl")})
+    args = args[:args.index("--train-data-path")]
+    args += ["--data-path", "1", corpus["alpha_train"], "1", corpus["beta_train"], "--split", "90,10,0"]
+    log = torchrun(SCRIPT, 1, args)
+    assert len(iteration_lines(log)) == 2
+    valid = [r for r in read_metrics(tmp_path / "m.jsonl") if "valid/all/lm loss" in r][-1]
+    assert {"valid/alpha_train/lm loss", "valid/beta_train/lm loss"} <= set(valid)
