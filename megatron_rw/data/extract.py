@@ -23,24 +23,27 @@ def normalize_text(text: str) -> str:
     return text.lstrip("\n").rstrip()
 
 
-def _hard_split(text: str, max_chars: int) -> list[str]:
-    """Split at line ends where possible, else every ``max_chars`` characters."""
+def _pack(parts: list[str], sep: str, max_chars: int) -> list[str]:
+    """Greedily join consecutive ``parts`` with ``sep`` into pieces of at most ``max_chars``."""
     pieces, current = [], ""
-    for line in text.split("\n"):
-        while len(line) > max_chars:  # one very long line (minified data, a long verse)
-            if current:
-                pieces.append(current)
-                current = ""
-            pieces.append(line[:max_chars])
-            line = line[max_chars:]
-        if current and len(current) + 1 + len(line) > max_chars:
+    for part in parts:
+        if current and len(current) + len(sep) + len(part) > max_chars:
             pieces.append(current)
-            current = line
+            current = part
         else:
-            current = f"{current}\n{line}" if current else line
+            current = f"{current}{sep}{part}" if current else part
     if current:
         pieces.append(current)
     return pieces
+
+
+def _hard_split(text: str, max_chars: int) -> list[str]:
+    """Split at line ends where possible, else every ``max_chars`` characters."""
+    lines = []
+    for line in text.split("\n"):
+        # one very long line (minified data, a long verse) is cut into max_chars slices
+        lines += [line[i:i + max_chars] for i in range(0, len(line), max_chars)] or [line]
+    return _pack(lines, "\n", max_chars)
 
 
 def chunk_text(text: str, max_chars: int) -> list[str]:
@@ -53,17 +56,10 @@ def chunk_text(text: str, max_chars: int) -> list[str]:
     text = normalize_text(text)
     if len(text) <= max_chars:
         return [text] if text.strip() else []
-    chunks, current = [], ""
+    parts = []
     for para in text.split("\n\n"):
-        parts = [para] if len(para) <= max_chars else _hard_split(para, max_chars)
-        for part in parts:
-            if current and len(current) + 2 + len(part) > max_chars:
-                chunks.append(current)
-                current = part
-            else:
-                current = f"{current}\n\n{part}" if current else part
-    if current:
-        chunks.append(current)
+        parts += [para] if len(para) <= max_chars else _hard_split(para, max_chars)
+    chunks = _pack(parts, "\n\n", max_chars)
     return [c.strip("\n") for c in chunks if c.strip()]
 
 
