@@ -29,7 +29,8 @@ from megatron_rw.collectives import (
 from megatron_rw.config import ReweightConfig
 from megatron_rw.schedule import temperature_at
 from megatron_rw.stats import weight_statistics
-from megatron_rw.weights import compute_sample_weights
+from megatron_rw.telemetry import SampleTelemetry, domain_report
+from megatron_rw.weights import compute_sample_weights, normalise_losses
 
 CONTRACTS = ("token_sum", "mean")
 
@@ -55,6 +56,7 @@ def reweighted_loss_func(
     iteration: int,
     contract: str = "token_sum",
     groups: Optional[ReweightGroups] = None,
+    telemetry: Optional[SampleTelemetry] = None,
 ) -> Union[
     Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]],
     Tuple[torch.Tensor, Dict[str, torch.Tensor]],
@@ -74,11 +76,14 @@ def reweighted_loss_func(
             ``calculate_per_token_loss``; ``"mean"`` returns the legacy 2-tuple
             ``(sum_tokens w*mask*l / tokens_of_the_whole_sequences, report)``.
         groups: process groups; default ``ReweightGroups.from_parallel_state()``.
+        telemetry: optional per-domain report and per-sample sink (see
+            :class:`~megatron_rw.telemetry.SampleTelemetry`); None costs nothing.
 
     Returns:
         The contract's tuple. ``num_tokens`` (int) counts this rank's tokens of valid samples.
         ``report`` maps keys to ``[sum, count]`` float32 pairs: ``lm loss`` (unweighted),
-        ``weighted lm loss`` and the weight statistics of :data:`STAT_KEYS`.
+        ``weighted lm loss`` and the weight statistics of :data:`STAT_KEYS`; with
+        ``telemetry.domain_ids`` also ``sample weight/<domain>`` and ``sample loss/<domain>``.
     """
     if contract not in CONTRACTS:
         raise ValueError(f"contract must be one of {CONTRACTS}, got {contract!r}")
@@ -121,6 +126,9 @@ def reweighted_loss_func(
         one = torch.ones((), dtype=torch.float32, device=weights.device)
         for name, value in weight_statistics(global_weights, global_losses).items():
             report[STAT_KEYS[name]] = torch.stack([value.float(), one])
+        if telemetry is not None:
+            _telemetry(telemetry, report, per_sample, weights, valid, global_losses, offset,
+                       config.delta)
 
     if contract == "mean":
         # Legacy contract: mean over the whole sequences' tokens (summed over CP, as Megatron-LM's
@@ -128,3 +136,19 @@ def reweighted_loss_func(
         total = torch.where(valid, counts, torch.zeros_like(counts)).sum().clamp(min=1.0)
         return weighted_sum / total, report
     return weighted_sum, num_tokens.to(torch.int), report
+
+
+def _telemetry(telemetry: SampleTelemetry, report: dict, per_sample, weights, valid,
+               global_losses, offset: int, delta: float) -> None:
+    """Add the per-domain pairs to ``report`` and hand this rank's rows to the sink."""
+    if telemetry.domain_ids is not None:
+        report.update(domain_report(weights, per_sample, valid, telemetry.domain_ids,
+                                    telemetry.domain_names))
+    if telemetry.sink is not None:
+        # The same normalisation the weights used, over the whole global micro-batch.
+        x = normalise_losses(global_losses, torch.isfinite(global_losses), delta)
+        rows = {"loss": per_sample, "normalised": x.narrow(0, offset, weights.shape[0]),
+                "weight": weights, "valid": valid}
+        if telemetry.domain_ids is not None:
+            rows["domain"] = telemetry.domain_ids
+        telemetry.sink(rows)

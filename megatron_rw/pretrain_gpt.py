@@ -48,10 +48,13 @@ from megatron_rw.cpu_layers import cpu_gpt_block_spec  # noqa: E402
 from megatron_rw.data.tokenizer import SentencePieceTokenizer  # noqa: E402
 from megatron_rw.loss import LM_LOSS, reweighted_loss_func  # noqa: E402
 from megatron_rw.schedule import temperature_at  # noqa: E402
+from megatron_rw.telemetry import DOMAIN_LOSS, DOMAIN_WEIGHT, SampleTelemetry  # noqa: E402
 from megatron_rw.training import checkpoint  # noqa: E402
 from megatron_rw.training.arguments import ArgumentError, parse_args, validate_layout  # noqa: E402
-from megatron_rw.training.data import build_datasets, check_data, data_blends, micro_batches  # noqa: E402
-from megatron_rw.training.metrics import MetricsWriter, average_reports, REPORT_KEYS  # noqa: E402
+from megatron_rw.training.data import (  # noqa: E402
+    build_datasets, check_data, data_blends, micro_batches, train_domains)
+from megatron_rw.training.metrics import (  # noqa: E402
+    REPORT_KEYS, MetricsWriter, SampleLog, average_reports)
 
 BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
@@ -123,44 +126,60 @@ def build_model(args, vocab_size: int):
     return model, optimizer, scheduler, config
 
 
-def forward_step(rw_config: ReweightConfig, iteration: int, data_iterator, model):
-    batch = next(data_iterator)
-    batch = get_batch_on_this_cp_rank({k: batch[k].cuda(non_blocking=True) for k in BATCH_KEYS})
+def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iterator, model):
+    """Megatron-LM's forward_step with the reweighted loss. ``telemetry`` is None or a
+    ``(domain_names, sink)`` pair; domain ids come from the blend's ``dataset_id``."""
+    raw = next(data_iterator)
+    batch = get_batch_on_this_cp_rank({k: raw[k].cuda(non_blocking=True) for k in BATCH_KEYS})
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    extra = None
+    if telemetry is not None:
+        names, sink = telemetry
+        ids = raw["dataset_id"].cuda(non_blocking=True) if names and "dataset_id" in raw else None
+        extra = SampleTelemetry(domain_ids=ids, domain_names=names, sink=sink)
     return output, partial(reweighted_loss_func, batch["loss_mask"], config=rw_config,
-                           iteration=iteration)
+                           iteration=iteration, telemetry=extra)
 
 
 class Trainer:
     """The training loop's state: model, optimizer, data position, metrics."""
 
-    def __init__(self, args, model, optimizer, scheduler, train_ds, valid_ds, writer):
+    def __init__(self, args, model, optimizer, scheduler, train_ds, valid_ds, writer, samples):
         self.args, self.model, self.optimizer, self.scheduler = args, model, optimizer, scheduler
-        self.train_ds, self.valid_ds, self.writer = train_ds, valid_ds, writer
+        self.train_ds, self.valid_ds, self.writer, self.samples = train_ds, valid_ds, writer, samples
+        self.domains = train_domains(args)
+        # Per-domain mean weight and loss ride in the loss report as [sum, count] pairs.
+        self.report_keys = REPORT_KEYS + tuple(
+            k.format(d) for d in self.domains for k in (DOMAIN_WEIGHT, DOMAIN_LOSS))
         self.rw_config = ReweightConfig.from_args(args)
         self.fwd_bwd = get_forward_backward_func()
         self.dp_rank = ps.get_data_parallel_rank(with_context_parallel=False)
         self.iteration = self.consumed = 0
 
-    def _run(self, dataset, consumed, rw_config, iteration, forward_only):
+    def _run(self, dataset, consumed, rw_config, iteration, forward_only, telemetry=None):
         a = self.args
         data = micro_batches(dataset, consumed, a.num_microbatches, a.micro_batch_size,
                              self.dp_rank, a.data_parallel_size)
         return self.fwd_bwd(
-            forward_step_func=partial(forward_step, rw_config, iteration), data_iterator=data,
+            forward_step_func=partial(forward_step, rw_config, iteration, telemetry),
+            data_iterator=data,
             model=self.model, num_microbatches=a.num_microbatches, seq_length=a.seq_length,
             micro_batch_size=a.micro_batch_size, forward_only=forward_only)
 
     def train_step(self):
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        reports = self._run(self.train_ds, self.consumed, self.rw_config, self.iteration, False)
+        logged = (self.iteration + 1) % self.args.log_interval == 0
+        sink = self.samples.record if logged and self.samples.active else None
+        telemetry = (self.domains, sink) if (self.domains or sink) else None
+        reports = self._run(self.train_ds, self.consumed, self.rw_config, self.iteration, False,
+                            telemetry)
         ok, grad_norm, _ = self.optimizer.step()
         if ok:
             self.scheduler.step(increment=1)
         self.iteration += 1
         self.consumed += self.args.global_batch_size
-        return average_reports(reports), grad_norm, ok
+        return average_reports(reports, self.report_keys), grad_norm, ok
 
     def evaluate(self):
         """Unweighted lm loss on the same first --eval-iters global batches of every valid set."""
@@ -187,7 +206,8 @@ class Trainer:
 
     def train(self):
         a = self.args
-        sums, n_iters, skipped = {}, 0, 0
+        # Per-key counts: a domain may be absent from some steps of the interval.
+        sums, seen, n_iters, skipped = {}, {}, 0, 0
         grad_norms = []
         last_log = time.perf_counter()
         saved_at = None
@@ -198,12 +218,13 @@ class Trainer:
             skipped += not ok
             for k, v in averages.items():
                 sums[k] = sums.get(k, 0.0) + v
+                seen[k] = seen.get(k, 0) + 1
             if grad_norm is not None:
                 grad_norms.append(grad_norm)
             n_iters += 1
             if self.iteration % a.log_interval == 0:
                 elapsed = (time.perf_counter() - last_log) * 1000 / n_iters
-                scalars = {k: sums[k] / n_iters for k in REPORT_KEYS if k in sums}
+                scalars = {k: sums[k] / seen[k] for k in self.report_keys if k in sums}
                 scalars.update({"learning rate": lr, "reweight r": r,
                                 "iteration time (ms)": elapsed,
                                 "consumed samples": self.consumed})
@@ -222,7 +243,8 @@ class Trainer:
                     line += f" grad norm: {scalars['grad norm']:.3f} |"
                 line += f" number of skipped iterations: {skipped:3d} |"
                 print_rank0(line)
-                sums, n_iters, skipped, grad_norms = {}, 0, 0, []
+                self.samples.flush(self.iteration, r)
+                sums, seen, n_iters, skipped, grad_norms = {}, {}, 0, 0, []
                 last_log = time.perf_counter()
             if self.valid_ds and a.eval_interval and self.iteration % a.eval_interval == 0:
                 self.evaluate()
@@ -290,9 +312,16 @@ def main(argv=None) -> int:
     if metrics_file is None:
         print_rank0("note: no --save, --tensorboard-dir or --metrics-file: scalars are only printed")
     writer = MetricsWriter(metrics_file, args.tensorboard_dir, active=dist.get_rank() == 0)
+    # The first data-parallel replica's rows, from the rank that runs its loss function.
+    samples = SampleLog(
+        os.path.join(os.path.dirname(os.path.abspath(metrics_file)), "sample_weights.jsonl")
+        if args.log_sample_weights and metrics_file else None,
+        active=(ps.is_pipeline_last_stage(ignore_virtual=True)
+                and ps.get_tensor_model_parallel_rank() == 0
+                and ps.get_data_parallel_rank(with_context_parallel=True) == 0))
 
     train_ds, valid_ds = build_datasets(args, tokenizer)
-    trainer = Trainer(args, model, optimizer, scheduler, train_ds, valid_ds, writer)
+    trainer = Trainer(args, model, optimizer, scheduler, train_ds, valid_ds, writer, samples)
     if args.load:
         trainer.iteration, trainer.consumed = checkpoint.load_checkpoint(
             args.load, model, optimizer, scheduler)
@@ -300,6 +329,7 @@ def main(argv=None) -> int:
                     f"from {args.load}")
     trainer.train()
     writer.close()
+    samples.close()
     ps.destroy_model_parallel()
     dist.destroy_process_group()
     return 0

@@ -72,7 +72,8 @@ def read_metrics(path):
 
 
 def test_dp2_linupper_logs_loss_and_ess(corpus, tmp_path):
-    log = torchrun(SCRIPT, 2, base_args(corpus, **{"--save": str(tmp_path / "ckpt")}))
+    log = torchrun(SCRIPT, 2, base_args(corpus, **{"--save": str(tmp_path / "ckpt"),
+                                                  "--log-sample-weights": True}))
     lines = iteration_lines(log)
     assert len(lines) == 4, log[-3000:]
     for line in lines:
@@ -84,7 +85,20 @@ def test_dp2_linupper_logs_loss_and_ess(corpus, tmp_path):
     assert rows[3]["train/sample weight ess"] < 1.0
     assert rows[3]["train/weighted lm loss"] != rows[3]["train/lm loss"]
     valid = [r for r in read_metrics(tmp_path / "ckpt" / "metrics.jsonl") if "valid/all/lm loss" in r]
-    assert {"valid/alpha_valid/lm loss", "valid/beta_valid/lm loss"} <= set(valid[-1])
+    assert {"valid/alpha/lm loss", "valid/beta/lm loss"} <= set(valid[-1])
+    # per-domain telemetry: exactly 1 during burn-in, spread afterwards
+    for name in ("alpha", "beta"):
+        assert rows[0][f"train/sample weight/{name}"] == 1.0
+        assert 3.0 < rows[0][f"train/sample loss/{name}"] < 8.0
+    assert {rows[3]["train/sample weight/alpha"], rows[3]["train/sample weight/beta"]} != {1.0}
+    # sample log: rank 0's rows (micro 2) of each of the 4 micro-batches per logged step
+    samples = read_metrics(tmp_path / "ckpt" / "sample_weights.jsonl")
+    assert [(s["iteration"], s["micro_batch"]) for s in samples] == [
+        (i, m) for i in (1, 2, 3, 4) for m in range(2)]
+    assert all(len(s["weight"]) == 2 and set(s["domain"]) <= {0, 1} for s in samples)
+    assert all(w == 1.0 for s in samples[:4] for w in s["weight"])
+    assert any(w != 1.0 for s in samples[4:] for w in s["weight"])
+    assert all(-1.0 <= x <= 1.0 for s in samples for x in s["normalised"])
     assert os.path.exists(tmp_path / "ckpt" / "iter_0000004" / "model_optim_rng_tp00_pp000.pt")
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text() == "4"
 
@@ -206,4 +220,4 @@ def test_data_path_with_split(corpus, tmp_path):
     log = torchrun(SCRIPT, 1, args)
     assert len(iteration_lines(log)) == 2
     valid = [r for r in read_metrics(tmp_path / "m.jsonl") if "valid/all/lm loss" in r][-1]
-    assert {"valid/alpha_train/lm loss", "valid/beta_train/lm loss"} <= set(valid)
+    assert {"valid/alpha/lm loss", "valid/beta/lm loss"} <= set(valid)

@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--valid-data-path", nargs="+", default=None)
     g.add_argument("--data-cache-path", default=None)
     g.add_argument("--tokenizer-type", choices=("SentencePieceTokenizer", "GPTSentencePieceTokenizer"),
-                   required=True)
+                   required=True,
+                   help="Both read --tokenizer-model as is: the model's own ids, EOD = its </s>. "
+                        "(In Megatron-LM, GPTSentencePieceTokenizer is the one that matches data "
+                        "prepared by megatron_rw.data.prepare.)")
     g.add_argument("--tokenizer-model", required=True)
     g.add_argument("--reset-position-ids", action="store_true")
     g.add_argument("--reset-attention-mask", action="store_true")
@@ -83,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--metrics-file", default=None,
                    help="JSONL of every logged scalar. Default: <--save or --tensorboard-dir>/metrics.jsonl.")
+    g.add_argument("--log-sample-weights", action="store_true",
+                   help="On logged iterations, write each sample's loss, normalised loss, weight and "
+                        "domain (first data-parallel replica) to sample_weights.jsonl next to the "
+                        "metrics file.")
     add_sample_reweight_args(p)
     return p
 

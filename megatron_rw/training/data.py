@@ -76,6 +76,26 @@ def check_data(blends: Dict[str, Optional[Blend]], tokenizer: SentencePieceToken
                     f"{tokenizer.model_path} (sha256 differs from {found[0]})")
 
 
+SPLIT_SUFFIXES = ("_train", "_valid", "_val", "_test")
+
+
+def domain_name(prefix: str) -> str:
+    """A blend member's display name: its basename without a split suffix
+    (``.../megatron/books_train`` -> ``books``), so train and valid name a domain alike."""
+    name = os.path.basename(prefix)
+    for suffix in SPLIT_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def train_domains(args) -> List[str]:
+    """Names of the training blend's members in ``dataset_id`` order; [] for a single prefix."""
+    blends = data_blends(args)
+    blend = blends.get("--data-path") or blends.get("--train-data-path")
+    return [domain_name(p) for p in blend[0]] if blend and len(blend[0]) > 1 else []
+
+
 def data_blends(args) -> Dict[str, Optional[Blend]]:
     if args.data_path is not None:
         return {"--data-path": parse_blend_flag(args.data_path, "--data-path")}
@@ -108,7 +128,7 @@ def _rename(kwargs):
 
 def build_datasets(args, tokenizer):
     """``(train, {name: valid})``: the valid dict has ``"all"`` (the whole valid blend) and, for a
-    blend of several prefixes, one entry per prefix named by its basename."""
+    blend of several prefixes, one entry per prefix named by :func:`domain_name`."""
     blends = data_blends(args)
     n_train = args.train_iters * args.global_batch_size
     n_valid = args.eval_iters * args.global_batch_size
@@ -127,7 +147,7 @@ def build_datasets(args, tokenizer):
         valids["all"] = valid
         if len(blend[0]) > 1:
             for prefix in blend[0]:
-                valids[os.path.basename(prefix)] = make(([prefix], None), [0, n_valid, 0])[1]
+                valids[domain_name(prefix)] = make(([prefix], None), [0, n_valid, 0])[1]
     return train, valids
 
 

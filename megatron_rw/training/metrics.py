@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -15,17 +15,19 @@ from megatron_rw.loss import LM_LOSS, STAT_KEYS, WEIGHTED_LOSS
 REPORT_KEYS = (LM_LOSS, WEIGHTED_LOSS, *STAT_KEYS.values())
 
 
-def average_reports(reports: Optional[List[dict]]) -> Dict[str, float]:
+def average_reports(reports: Optional[List[dict]],
+                    keys: Sequence[str] = REPORT_KEYS) -> Dict[str, float]:
     """Average per-micro-batch reports as Megatron-LM does; collective over the world.
 
     On the last pipeline stage the ``[sum, count]`` pairs are summed over micro-batches and
     all-reduced over DP×CP. Exactly one rank (last stage, TP rank 0, DP×CP rank 0) then contributes
     them to a world all-reduce that every other rank joins with zeros, so rank 0 (and everyone)
-    gets the last stage's values bit for bit. Keys missing from the reports are left out.
+    gets the last stage's values bit for bit. ``keys`` must be the same on every rank; keys
+    missing from the reports, or with a count of 0 over the whole step, are left out.
     """
-    totals = torch.zeros(len(REPORT_KEYS), 2, dtype=torch.float32)
+    totals = torch.zeros(len(keys), 2, dtype=torch.float32)
     if reports:
-        for i, key in enumerate(REPORT_KEYS):
+        for i, key in enumerate(keys):
             if key in reports[0]:
                 totals[i] = torch.stack([r[key].float().view(2) for r in reports]).sum(0)
         dist.all_reduce(totals, group=ps.get_data_parallel_group(with_context_parallel=True))
@@ -35,8 +37,7 @@ def average_reports(reports: Optional[List[dict]]) -> Dict[str, float]:
     if not owner:
         totals.zero_()
     dist.all_reduce(totals)
-    return {k: (totals[i, 0] / totals[i, 1]).item() for i, k in enumerate(REPORT_KEYS)
-            if totals[i, 1] > 0}
+    return {k: float(s / n) for k, (s, n) in zip(keys, totals.tolist()) if n > 0}
 
 
 class MetricsWriter:
@@ -73,5 +74,37 @@ class MetricsWriter:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.file is not None:
+            self.file.close()
+
+
+class SampleLog:
+    """Per-sample rows (loss, normalised loss, weight, domain) of the logged iterations, as JSONL.
+
+    One rank writes (the caller decides which: it sees only its own rows). ``record`` is the
+    loss hook's telemetry sink; ``flush`` writes what the last step recorded.
+    """
+
+    def __init__(self, path: Optional[str], active: bool):
+        self.active = active and path is not None
+        self.rows: List[dict] = []
+        self.file = None
+        if self.active:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            self.file = open(path, "a", encoding="utf-8")
+
+    def record(self, rows: Dict[str, torch.Tensor]) -> None:
+        if self.active:
+            self.rows.append({k: v.tolist() for k, v in rows.items()})
+
+    def flush(self, iteration: int, r: float) -> None:
+        if self.active:
+            for m, rows in enumerate(self.rows):
+                self.file.write(json.dumps({"iteration": iteration, "micro_batch": m, "r": r,
+                                            **rows}) + "\n")
+            self.file.flush()
+        self.rows = []
+
+    def close(self) -> None:
         if self.file is not None:
             self.file.close()
