@@ -326,7 +326,8 @@ def main(argv=None) -> int:
         trainer.iteration, trainer.consumed = checkpoint.load_checkpoint(
             args.load, model, optimizer, scheduler)
         print_rank0(f" > loaded iteration {trainer.iteration} ({trainer.consumed} samples) "
-                    f"from {args.load}")
+                    f"from {args.load}" if trainer.iteration else
+                    f" > no checkpoint in {args.load}: training from scratch")
     trainer.train()
     writer.close()
     samples.close()

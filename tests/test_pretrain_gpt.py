@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.data.stdlib_text import stdlib_docstrings
+from tests.data.tiny_corpus import build_tiny_corpus
 from tests.workers.launch import REPO, free_port, torchrun
 
 SCRIPT = os.path.join(REPO, "megatron_rw", "pretrain_gpt.py")
@@ -20,23 +21,7 @@ SCRIPT = os.path.join(REPO, "megatron_rw", "pretrain_gpt.py")
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """Two domains (docstrings of the first and second half of the modules), train + valid each."""
-    from megatron_rw.data.indexed import write_indexed_dataset
-    from megatron_rw.data.tokenizer import SentencePieceTokenizer, train_sentencepiece
-
-    root = tmp_path_factory.mktemp("corpus")
-    docs = stdlib_docstrings()
-    model = train_sentencepiece(docs, root / "tok.model", vocab_size=512, num_threads=1)
-    tok = SentencePieceTokenizer(model)
-    half = len(docs) // 2
-    out = {"tokenizer": str(model)}
-    for name, part in (("alpha", docs[:half]), ("beta", docs[half:])):
-        valid = part[::10]
-        train = [d for i, d in enumerate(part) if i % 10]
-        for split, texts in (("train", train), ("valid", valid)):
-            prefix = str(root / f"{name}_{split}")
-            write_indexed_dataset(prefix, texts, tok, num_threads=1)
-            out[f"{name}_{split}"] = prefix
-    return out
+    return build_tiny_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def base_args(corpus, **over):

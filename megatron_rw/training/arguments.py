@@ -146,6 +146,9 @@ def validate_layout(args: argparse.Namespace, world_size: int) -> int:
     if (args.data_path is None) == (args.train_data_path is None):
         raise ArgumentError("give either --data-path (with --split) or --train-data-path "
                             "(and optionally --valid-data-path)")
+    if args.lr_warmup_iters >= args.lr_decay_iters:
+        raise ArgumentError(f"--lr-warmup-iters ({args.lr_warmup_iters}) must be smaller than "
+                            f"--lr-decay-iters ({args.lr_decay_iters}, default --train-iters)")
     if args.save_interval is not None and not args.save:
         raise ArgumentError("--save-interval needs --save")
     args.data_parallel_size = dp

@@ -1,0 +1,84 @@
+"""``examples/pretrain_gpt_rw.sh`` end to end on CPU: DP2 and TP2 runs, flag forwarding, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from megatron_rw.data.flags import data_flags
+from tests.data.tiny_corpus import build_tiny_corpus
+from tests.workers.launch import REPO, free_port
+
+LAUNCHER = os.path.join(REPO, "examples", "pretrain_gpt_rw.sh")
+# The tiny_cpu config, shrunk further by flags on the command line (they must win).
+SHRINK = ["--num-layers", "2", "--hidden-size", "32", "--seq-length", "32",
+          "--max-position-embeddings", "32", "--make-vocab-size-divisible-by", "64",
+          "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "3",
+          "--lr-warmup-iters", "1", "--log-interval", "1", "--eval-interval", "3",
+          "--eval-iters", "1", "--save-interval", "3", "--sample-reweight-warmup-iters", "1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_tiny_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def launch(args, **env):
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    base.update(PYTHON=sys.executable, MASTER_PORT=str(free_port()), **env)
+    return subprocess.run(["bash", LAUNCHER, *args], env=base, capture_output=True, text=True,
+                          timeout=300)
+
+
+def iteration_lines(log):
+    return [l for l in log.splitlines() if l.lstrip().startswith("iteration ")]
+
+
+@pytest.mark.parametrize("extra, layout", [([], "TP 1 PP 1 CP 1 DP 2"),
+                                           (["--tensor-model-parallel-size", "2"], "TP 2 PP 1 CP 1 DP 1")])
+def test_launcher_trains_and_saves(corpus, tmp_path, extra, layout):
+    out = tmp_path / "run"
+    proc = launch([*SHRINK, *extra], DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2")
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "2 processes, cpu/gloo, config tiny_cpu" in log
+    assert layout in log
+    lines = iteration_lines(log)
+    assert len(lines) == 3, log[-3000:]
+    # the config's reweighting flags arrived (burn-in shortened from the command line)
+    assert "reweight r: inf" in lines[0] and "reweight r: 0.4" in lines[2]
+    assert "validation loss at iteration 3" in log and "alpha lm loss" in log
+    assert (out / "latest_checkpointed_iteration.txt").read_text() == "3"
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iteration"] == 3 and "valid/beta/lm loss" in rows[-1]
+
+
+def test_launcher_rejects_an_unprepared_corpus(tmp_path):
+    proc = launch(SHRINK, DATA=str(tmp_path), OUT=str(tmp_path / "run"))
+    assert proc.returncode != 0
+    assert "manifest.json does not exist" in proc.stderr and "megatron_rw.data.prepare" in proc.stderr
+    assert "iteration" not in proc.stdout
+
+
+def test_launcher_rejects_a_missing_config(corpus, tmp_path):
+    proc = launch(SHRINK, DATA=corpus["dir"], CONFIG=str(tmp_path / "nope.sh"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_data_flags_follow_a_moved_corpus(corpus, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(corpus["dir"], moved)
+    flags = data_flags(str(moved))
+    assert flags[:4] == ["--tokenizer-type", "GPTSentencePieceTokenizer", "--tokenizer-model",
+                         str(moved / "tokenizer.model")]
+    train = flags[flags.index("--train-data-path") + 1: flags.index("--valid-data-path")]
+    assert train == ["1", str(moved / "megatron" / "alpha_train"),
+                     "1", str(moved / "megatron" / "beta_train")]
+    os.remove(moved / "megatron" / "beta_valid.bin")
+    with pytest.raises(FileNotFoundError, match="beta_valid.bin"):
+        data_flags(str(moved))
