@@ -1,0 +1,21 @@
+# megatron-rw on NVIDIA's PyTorch container (CUDA, NCCL, torch, apex, Transformer Engine).
+#   docker build -t megatron-rw .
+#   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
+#       -v "$PWD/data:/workspace/megatron-rw/data" -v "$PWD/runs:/workspace/megatron-rw/runs" \
+#       megatron-rw --train-iters 2000
+# Not built here (the project's machines have no Docker and no GPU); BASE_IMAGE can be overridden.
+ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
+FROM ${BASE_IMAGE}
+
+# --no-deps: keep the container's own torch build (pip would otherwise try to replace it).
+RUN pip install --no-cache-dir --no-deps megatron-core==0.16.1 sentencepiece==0.2.3
+
+WORKDIR /workspace/megatron-rw
+COPY pyproject.toml README.md LICENSE CHANGELOG.md ./
+COPY megatron_rw ./megatron_rw
+COPY examples ./examples
+COPY patches ./patches
+RUN pip install --no-cache-dir --no-deps -e .
+
+ENV PYTHON=python
+ENTRYPOINT ["bash", "examples/pretrain_gpt_rw.sh"]

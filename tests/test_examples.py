@@ -1,0 +1,57 @@
+"""The example configs, Slurm script and Dockerfile agree with the entry point and the repo."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import subprocess
+
+import pytest
+
+from megatron_rw.training.arguments import parse_args, validate_layout
+from tests.workers.launch import REPO
+
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "*.sh")))
+# World sizes each config is written for: one 8-GPU node for the GPU ones, 2 CPU ranks for tiny.
+WORLD = {"tiny_cpu": 2, "gpt_125m": 8, "gpt_1b": 8}
+DATA = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
+        "--tokenizer-model", "x.model", "--save", "runs/x"]  # what the launcher adds
+
+
+def config_flags(path):
+    """The flags a config contributes, expanded by bash exactly as the launcher does."""
+    script = f'source "{path}"; printf "%s\\n" "${{MODEL_ARGS[@]}}" "${{TRAIN_ARGS[@]}}" "${{REWEIGHT_ARGS[@]}}"'
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_config_parses_and_fits_its_world(path):
+    name = os.path.basename(path)[:-3]
+    args = parse_args(config_flags(path) + DATA)  # unknown flags would exit here
+    dp = validate_layout(args, WORLD[name])
+    assert dp * args.tensor_model_parallel_size * args.pipeline_model_parallel_size == WORLD[name]
+    assert args.sample_reweight_strategy in ("linupper", "quadratic")
+    assert 0 < args.sample_reweight_warmup_iters < args.train_iters
+
+
+def test_configs_cover_the_documented_set():
+    assert {os.path.basename(p)[:-3] for p in CONFIGS} == set(WORLD)
+
+
+@pytest.mark.parametrize("script", ["examples/pretrain_gpt_rw.sh", "examples/slurm/pretrain_gpt_rw.sbatch"])
+def test_shell_scripts_parse(script):
+    subprocess.run(["bash", "-n", os.path.join(REPO, script)], check=True)
+
+
+def test_dockerfile_pins_and_copies_what_exists():
+    text = open(os.path.join(REPO, "Dockerfile")).read()
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", text).group(1)
+    assert re.fullmatch(r"nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3", base)
+    assert "megatron-core==0.16.1" in text
+    for src in re.findall(r"^COPY (.+) \S+$", text, flags=re.M):
+        for path in src.split():
+            assert os.path.exists(os.path.join(REPO, path)), path
+    entry = re.search(r'ENTRYPOINT \["bash", "([^"]+)"\]', text).group(1)
+    assert os.path.isfile(os.path.join(REPO, entry))
