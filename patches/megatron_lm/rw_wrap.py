@@ -1,0 +1,212 @@
+"""Plumbing that puts megatron-rw's loss into Megatron-LM's own ``pretrain_gpt.py``.
+
+Importable without Megatron-LM (``megatron.training`` exists only in a Megatron-LM checkout):
+nothing here imports it. The contract it relies on, read in three versions of Megatron-LM's
+``pretrain_gpt.py`` (see patches/README.md):
+
+- ``forward_step(data_iterator, model, ...)`` returns ``(output_tensor, loss_fn)`` where
+  ``output_tensor`` is the ``[b, s]`` per-token loss (or a schedule plan) and ``loss_fn`` is
+  ``functools.partial(loss_func, loss_mask, **keywords)`` with ``loss_mask`` ``[b, s]``;
+- ``loss_func(loss_mask, output_tensor, model=None, ...)`` returns
+  ``(sum(mask * l), num_tokens, {"lm loss": [sum, num_tokens]})``, the contract that
+  ``reweighted_loss_func(..., contract="token_sum")`` reproduces bit for bit under ``uniform``;
+- the script's ``if __name__ == "__main__":`` block calls ``pretrain(...)`` with ``forward_step``
+  and, depending on the version, hands an ``extra_args_provider`` to ``pretrain`` or to
+  ``parse_and_validate_args``.
+
+Anything else raises :class:`ContractError` naming what was found: training silently with
+Megatron-LM's unweighted loss is the failure this module exists to prevent.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+from types import CodeType, ModuleType
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+# Keywords Megatron-LM binds into its loss partial that the reweighted loss can drop: `model`
+# only feeds ModelOpt distillation (the script refuses ModelOpt), `input_masked_positions` only
+# adds input-masking metrics to the report. Any other keyword may change the loss: refuse it.
+DROPPABLE_KEYWORDS = ("model", "input_masked_positions")
+
+
+class ContractError(RuntimeError):
+    """Megatron-LM's pretrain_gpt.py does not have the shape this patch was written for."""
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, functools.partial):
+        keywords = ", ".join(f"{k}=..." for k in obj.keywords)
+        args = ", ".join(type(a).__name__ for a in obj.args)
+        return f"functools.partial({_describe(obj.func)}; args: ({args}); keywords: ({keywords}))"
+    name = getattr(obj, "__qualname__", None) or type(obj).__name__
+    return f"{name} from {getattr(obj, '__module__', '?')}" if callable(obj) else repr(obj)[:80]
+
+
+def loss_mask_of(loss_fn: Any, expected_loss_func: Optional[Callable] = None,
+                 droppable=DROPPABLE_KEYWORDS) -> Optional[torch.Tensor]:
+    """The ``loss_mask`` ``[b, s]`` that Megatron-LM bound into ``partial(loss_func, loss_mask,
+    ...)``; None on intermediate pipeline stages.
+
+    Raises:
+        ContractError: ``loss_fn`` is not such a partial (not a partial, not exactly one
+            positional argument, the argument is not a tensor, a keyword that may change the
+            loss, or a function other than ``expected_loss_func``).
+    """
+    if not isinstance(loss_fn, functools.partial):
+        problem = "is not a functools.partial"
+    elif expected_loss_func is not None and loss_fn.func is not expected_loss_func:
+        problem = f"wraps a function other than {_describe(expected_loss_func)}"
+    # None: Megatron-LM's get_batch gives intermediate pipeline stages no batch; their loss
+    # function is never called.
+    elif len(loss_fn.args) != 1 or not (loss_fn.args[0] is None
+                                        or isinstance(loss_fn.args[0], torch.Tensor)):
+        problem = "does not bind exactly one positional argument, the loss mask tensor"
+    elif set(loss_fn.keywords) - set(droppable):
+        unknown = sorted(set(loss_fn.keywords) - set(droppable))
+        problem = f"binds keywords the reweighted loss would drop: {unknown}"
+    else:
+        return loss_fn.args[0]
+    raise ContractError(
+        f"forward_step returned a loss function that {problem}: {_describe(loss_fn)}. Expected "
+        "functools.partial(loss_func, loss_mask, model=model) as in Megatron-LM's pretrain_gpt.py; "
+        "refusing to train with a loss megatron-rw would not reweight.")
+
+
+def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
+                      get_iteration: Callable[[], int], *, loss_func: Optional[Callable] = None,
+                      expected_loss_func: Optional[Callable] = None,
+                      contract: str = "token_sum") -> Callable:
+    """``forward_step`` with its loss partial replaced by the reweighted loss.
+
+    Args:
+        forward_step: Megatron-LM's ``forward_step``; called with whatever the schedule passes
+            (``(data_iterator, model)``, plus ``return_schedule_plan=True`` or a checkpointing
+            flag in some versions), so every signature keeps working.
+        get_config: returns the ``ReweightConfig``; called once, on the first step, because
+            the flags are parsed only inside ``pretrain``.
+        get_iteration: returns the optimizer steps completed before this one (selects r and
+            the burn-in); called every micro-batch.
+        loss_func: the replacement, default ``megatron_rw.reweighted_loss_func``.
+        expected_loss_func: if given, the loss partial must wrap exactly this function.
+        contract: passed to ``loss_func``; ``"token_sum"`` is Megatron-LM's 3-tuple.
+
+    Returns:
+        A function returning ``(output, partial(loss_func, loss_mask, config=..., iteration=...,
+        contract=...))``; its signature (``inspect.signature``) is ``forward_step``'s.
+    """
+    if loss_func is None:
+        from megatron_rw import reweighted_loss_func as loss_func
+    config = []  # filled on the first call
+
+    @functools.wraps(forward_step)
+    def reweighted_forward_step(*args, **kwargs):
+        result = forward_step(*args, **kwargs)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise ContractError(
+                f"forward_step returned {_describe(result)}, expected (output_tensor, loss_func)")
+        output, megatron_loss = result
+        loss_mask = loss_mask_of(megatron_loss, expected_loss_func)
+        if not config:
+            config.append(get_config())
+        return output, functools.partial(loss_func, loss_mask, config=config[0],
+                                         iteration=get_iteration(), contract=contract)
+
+    return reweighted_forward_step
+
+
+def chain_extra_args(*providers: Optional[Callable]) -> Callable:
+    """One ``extra_args_provider`` that applies each non-None provider in order.
+
+    Megatron-LM's contract: a provider takes the parser and returns it. A provider that returns
+    None (a common slip) keeps the parser it was given.
+    """
+    active = [p for p in providers if p is not None]
+
+    def extra_args_provider(parser):
+        for provider in active:
+            result = provider(parser)
+            parser = parser if result is None else result
+        return parser
+
+    return extra_args_provider
+
+
+def with_extra_args(func: Callable, provider: Callable) -> Callable:
+    """``func`` (``pretrain`` or ``parse_and_validate_args``) with ``provider`` chained after
+    whatever ``extra_args_provider`` its caller passes; ``func`` itself if it takes none."""
+    signature = inspect.signature(func)
+    if "extra_args_provider" not in signature.parameters:
+        return func
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.arguments["extra_args_provider"] = chain_extra_args(
+            bound.arguments.get("extra_args_provider"), provider)
+        return func(*bound.args, **bound.kwargs)
+
+    return wrapper
+
+
+def guard_pretrain(pretrain: Callable, forward_step: Callable, provider: Callable) -> Callable:
+    """``pretrain`` that chains ``provider`` and refuses to start without ``forward_step``.
+
+    ``guard.calls`` counts the calls, so the caller can tell whether the main block used it.
+    """
+    inner = with_extra_args(pretrain, provider)
+
+    @functools.wraps(pretrain)
+    def guard(*args, **kwargs):
+        if not any(a is forward_step for a in (*args, *kwargs.values())):
+            raise ContractError(
+                "pretrain_gpt.py's main block called pretrain without its module-level "
+                f"forward_step; arguments: {[_describe(a) for a in (*args, *kwargs.values())]}")
+        guard.calls += 1
+        return inner(*args, **kwargs)
+
+    guard.calls = 0
+    return guard
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1
+            and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return (any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+            and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
+
+
+def main_block(path: str) -> CodeType:
+    """The body of the top-level ``if __name__ == "__main__":`` block of the file at ``path``,
+    compiled with the file's name and line numbers (tracebacks point into it)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    for node in tree.body:
+        if isinstance(node, ast.If) and _is_main_test(node.test):
+            return compile(ast.Module(body=node.body, type_ignores=[]), path, "exec")
+    raise ContractError(f'{path} has no top-level `if __name__ == "__main__":` block')
+
+
+def run_main_block(module: ModuleType, overrides: Dict[str, Any]) -> None:
+    """Run ``module``'s own main block with some of its globals replaced, then restore them.
+
+    The block runs in the module's namespace, not a copy, so functions it calls (a ``main()``,
+    say) see the replacements too. Replaced names are restored afterwards, and names the
+    block created are removed, so the module can be run again.
+    """
+    code = main_block(module.__file__)
+    namespace = vars(module)
+    before = dict(namespace)
+    namespace.update(overrides)
+    try:
+        exec(code, namespace)
+    finally:
+        for name in set(namespace) - set(before):
+            del namespace[name]
+        namespace.update(before)
