@@ -43,7 +43,8 @@ def iteration_lines(log):
                                            (["--tensor-model-parallel-size", "2"], "TP 2 PP 1 CP 1 DP 1")])
 def test_launcher_trains_and_saves(corpus, tmp_path, extra, layout):
     out = tmp_path / "run"
-    proc = launch([*SHRINK, *extra], DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2")
+    proc = launch([*SHRINK, *extra, "--log-sample-weights"], DATA=corpus["dir"], OUT=str(out),
+                  GPUS_PER_NODE="2")
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "2 processes, cpu/gloo, config tiny_cpu" in log
@@ -82,3 +83,18 @@ def test_data_flags_follow_a_moved_corpus(corpus, tmp_path):
     os.remove(moved / "megatron" / "beta_valid.bin")
     with pytest.raises(FileNotFoundError, match="beta_valid.bin"):
         data_flags(str(moved))
+
+
+def test_plot_run_summarises_a_run(corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = launch([*SHRINK, "--log-sample-weights", "--eval-interval", "1"], DATA=corpus["dir"],
+                  OUT=str(out))
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    plot = subprocess.run([sys.executable, os.path.join(REPO, "examples", "plot_run.py"), str(out)],
+                          capture_output=True, text=True, check=True).stdout
+    table = {l.split()[0]: l.split()[1:] for l in plot.splitlines()[1:] if l and l[0] != "w"}
+    assert set(table) == {"alpha", "beta", "all"}
+    # validation at iterations 1 and 3; mean weights of both domains after the 1-step burn-in
+    assert "val loss @1" in plot and "val loss @3" in plot
+    assert len(table["alpha"]) == 3 and len(table["all"]) == 2
+    assert (out / "run.png").stat().st_size > 10_000
