@@ -51,7 +51,8 @@ def burn_in_end(rows: List[dict]):
 
 
 def summary(rows: List[dict]) -> Dict[str, dict]:
-    """Per domain: first and last validation loss, and mean weight after burn-in."""
+    """Per domain: first and last validation loss, and the mean weight and mean per-sample
+    training loss over the logged intervals after burn-in."""
     start = burn_in_end(rows)
     out = {}
     for d in domains_of(rows, "valid/", "/lm loss") + ["all"]:
@@ -59,9 +60,11 @@ def summary(rows: List[dict]) -> Dict[str, dict]:
         if not vals:
             continue
         entry = {"first_eval": (its[0], vals[0]), "last_eval": (its[-1], vals[-1])}
-        _, w = series([r for r in rows if start is not None and r["iteration"] > start],
-                      f"train/sample weight/{d}")
+        after = [r for r in rows if start is not None and r["iteration"] > start]
+        _, w = series(after, f"train/sample weight/{d}")
+        _, l = series(after, f"train/sample loss/{d}")
         entry["mean_weight"] = sum(w) / len(w) if w else None
+        entry["mean_train_loss"] = sum(l) / len(l) if l else None
         out[d] = entry
     return out
 
@@ -69,11 +72,13 @@ def summary(rows: List[dict]) -> Dict[str, dict]:
 def print_summary(table: Dict[str, dict]) -> None:
     first = next(iter(table.values()))
     i0, i1 = first["first_eval"][0], first["last_eval"][0]
-    print(f"{'domain':14s} {'val loss @' + str(i0):>14s} {'val loss @' + str(i1):>14s} "
-          f"{'mean weight after burn-in':>26s}")
+    print(f"{'domain':14s} {'val loss @' + str(i0):>14s} {'val loss @' + str(i1):>14s}   "
+          f"after burn-in: {'train loss':>10s} {'mean weight':>11s}")
     for d, e in table.items():
+        l = "" if e["mean_train_loss"] is None else f"{e['mean_train_loss']:.3f}"
         w = "" if e["mean_weight"] is None else f"{e['mean_weight']:.3f}"
-        print(f"{d:14s} {e['first_eval'][1]:14.3f} {e['last_eval'][1]:14.3f} {w:>26s}")
+        print(f"{d:14s} {e['first_eval'][1]:14.3f} {e['last_eval'][1]:14.3f}   "
+              f"{'':14s} {l:>10s} {w:>11s}")
 
 
 def plot(rows: List[dict], samples: List[dict], out: str) -> None:

@@ -96,5 +96,5 @@ def test_plot_run_summarises_a_run(corpus, tmp_path):
     assert set(table) == {"alpha", "beta", "all"}
     # validation at iterations 1 and 3; mean weights of both domains after the 1-step burn-in
     assert "val loss @1" in plot and "val loss @3" in plot
-    assert len(table["alpha"]) == 3 and len(table["all"]) == 2
+    assert len(table["alpha"]) == 4 and len(table["all"]) == 2  # val, val, train loss, weight
     assert (out / "run.png").stat().st_size > 10_000
