@@ -178,6 +178,18 @@ def global_micro_batch(step: int, micro: int, rows: int = 4, seed: int = 0) -> d
     }
 
 
+def uneven_global_micro_batch(step: int, micro: int, rows: int = 4) -> dict:
+    """``global_micro_batch`` with rows of different token counts and, on odd micro-batches, row 2
+    all-masked (a padding sample): the cases where reweighting and normalisation can go wrong."""
+    batch = global_micro_batch(step, micro, rows)
+    mask = batch["loss_mask"]
+    mask[0, : 5 + step] = 0
+    mask[3, ::3] = 0
+    if micro % 2:
+        mask[2] = 0
+    return batch
+
+
 def local_micro_batch(batch: dict) -> dict:
     """This rank's part of a global micro-batch: a contiguous block of rows by DP rank (without
     CP), then chunks r and 2cp-1-r of the sequence by CP rank (`get_batch_on_this_cp_rank`)."""

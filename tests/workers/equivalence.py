@@ -51,14 +51,9 @@ LINUPPER = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=0)
 def micro_batch(step: int, micro: int, uneven: bool) -> dict:
     """Global micro-batch; with ``uneven`` the rows have different token counts and, on odd
     micro-batches, row 2 is an all-masked padding sample (only exact under per-token loss)."""
-    batch = L.global_micro_batch(step, micro, ROWS)
     if uneven:
-        mask = batch["loss_mask"]
-        mask[0, : 5 + step] = 0
-        mask[3, ::3] = 0
-        if micro % 2:
-            mask[2] = 0
-    return batch
+        return L.uneven_global_micro_batch(step, micro, ROWS)
+    return L.global_micro_batch(step, micro, ROWS)
 
 
 def forward_step(loss_fn, uneven, step, data_iterator, model):

@@ -70,19 +70,6 @@ def _parse_args(extra_args_provider, args_defaults):
     return args
 
 
-def _micro_batch(step, micro):
-    """Global micro-batch with uneven token counts and, on odd micro-batches, a padding row."""
-    from tests import _layouts as L
-
-    batch = L.global_micro_batch(step, micro, ROWS)
-    mask = batch["loss_mask"]
-    mask[0, : 5 + step] = 0
-    mask[3, ::3] = 0
-    if micro % 2:
-        mask[2] = 0
-    return batch
-
-
 def pretrain(train_valid_test_dataset_provider, model_provider, model_type, forward_step_func,
              process_non_loss_data_func=None, extra_args_provider=None, args_defaults={},
              get_embedding_ranks=None, get_position_embedding_ranks=None, non_loss_data_func=None,
@@ -108,7 +95,8 @@ def pretrain(train_valid_test_dataset_provider, model_provider, model_type, forw
         _ARGS.curr_iteration = step
         model.zero_grad_buffer()
         optimizer.zero_grad()
-        batches = iter([L.local_micro_batch(_micro_batch(step, m)) for m in range(MICRO)])
+        batches = iter([L.local_micro_batch(L.uneven_global_micro_batch(step, m, ROWS))
+                        for m in range(MICRO)])
         reports = get_forward_backward_func()(
             forward_step_func=forward_step_func, data_iterator=batches, model=model,
             num_microbatches=MICRO, seq_length=L.SEQ, micro_batch_size=ROWS // dp,
