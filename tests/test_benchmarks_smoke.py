@@ -1,0 +1,44 @@
+"""Cheap checks of the cost benchmarks (no torchrun): the single-process measurements run, find no
+host synchronisation and produce the keys results/weights_cost.json is built from; the scaling
+model's arithmetic; the overhead analysis of interleaved pairs."""
+
+import math
+
+from benchmarks import scaling_model
+from benchmarks.overhead import analyse
+from benchmarks.weights_cost import measure_local
+
+
+def test_weights_cost_local_tiny():
+    local = measure_local(sizes=(64, 256), strategies=("uniform", "linupper"), repeats=3)
+    assert set(local) == {"compute_sample_weights_us", "loss_fn_us", "host_sync_calls",
+                          "scaling_model"}
+    assert set(local["loss_fn_us"]["b4_s32"]) == {"baseline", "reweighted"}
+    assert {k: v for k, v in local["host_sync_calls"].items() if v} == {}
+    assert len(local["host_sync_calls"]) == 6  # 4 strategies + 2 contracts of the hook
+    lin = local["compute_sample_weights_us"]["linupper"]
+    assert set(lin) == {"64", "256"} and all(lin[n]["median"] > 0 for n in lin)
+    model = local["scaling_model"]
+    assert set(model) == {"assumptions", "weights_fit", "rows"}
+    assert [r["dp"] for r in model["rows"]] == list(scaling_model.DP_SIZES)
+
+
+def test_scaling_model_arithmetic():
+    assert scaling_model.allgather_bytes(1024, 4) == {"send": 16368, "recv": 16368,
+                                                      "gathered": 16384}
+    # 2 ranks: one hop either way, plus 4 of the 8 bytes at 25 GB/s = 25,000 bytes/us.
+    assert math.isclose(scaling_model.ring_us(2, 8, 5.0), 5.0 + 4 / 25_000)
+    assert math.isclose(scaling_model.log_depth_us(1024, 0, 10.0), 100.0)
+    assert math.isclose(scaling_model.ring_us(1024, 0, 10.0), 10230.0)
+    fit = scaling_model.fit_linear([1.0, 2.0, 3.0], [5.0, 7.0, 9.0])
+    assert math.isclose(fit["t0_us"], 3.0) and math.isclose(fit["c_us_per_sample"], 2.0)
+
+
+def test_overhead_analysis_pairs():
+    base = {"step": [0.10, 0.20, 0.10, 0.40], "loss_fn": [0.001] * 4, "report": [0.0] * 4}
+    rew = {"step": [0.11, 0.22, 0.11, 0.44], "loss_fn": [0.002] * 4, "report": [0.0] * 4}
+    out = analyse({"samples_s": {"baseline": base, "reweighted": rew}})
+    assert math.isclose(out["ratio_step"]["median"], 1.1)
+    assert math.isclose(out["baseline_step_ms"]["median"], 150.0)
+    lo, hi = out["ratio_step"]["median_ci95"]
+    assert lo - 1e-9 <= 1.1 <= hi + 1e-9
