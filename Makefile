@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 
 DEMO   ?= runs/demo
 
-.PHONY: test demo venv clean
+.PHONY: test demo bench sweep venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,20 @@ demo: $(STAMP)
 	PYTHON=$(PY) DATA=data/small OUT=$(DEMO) GPUS_PER_NODE=2 CONFIG=examples/configs/tiny_cpu.sh \
 		bash examples/pretrain_gpt_rw.sh --log-sample-weights 2>&1 | tee $(DEMO)/train.log
 	$(PY) examples/plot_run.py $(DEMO)
+
+# Every number in docs/results.md. `bench`: a few minutes. `sweep`: about 70 minutes on 2 cores,
+# resumable (finished runs are skipped, an interrupted one continues from its checkpoint).
+bench: $(STAMP)
+	$(PY) -m benchmarks.layout_equivalence
+	$(PY) -m benchmarks.toy_regression
+	$(PY) -m benchmarks.weights_cost
+	$(PY) -m benchmarks.overhead
+
+sweep: $(STAMP)
+	$(PY) -m megatron_rw.data.prepare --profile small --out data/small
+	$(PY) -m benchmarks.noisy_corpus --base data/small --out data/small_noisy
+	$(PY) -m benchmarks.gpt_sweep
+	$(PY) -m benchmarks.gpt_sweep_report
 
 clean:
 	rm -rf $(VENV) .pytest_cache
