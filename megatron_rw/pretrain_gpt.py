@@ -14,6 +14,7 @@ Engine layers when importable) and on CPUs (gloo, ``enable_cpu_runtime``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -128,17 +129,15 @@ def build_model(args, vocab_size: int):
 
 def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iterator, model):
     """Megatron-LM's forward_step with the reweighted loss. ``telemetry`` is None or a
-    ``(domain_names, sink)`` pair; domain ids come from the blend's ``dataset_id``."""
+    ``SampleTelemetry`` without ids; this micro-batch's come from the blend's ``dataset_id``."""
     raw = next(data_iterator)
     batch = get_batch_on_this_cp_rank({k: raw[k].cuda(non_blocking=True) for k in BATCH_KEYS})
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
-    extra = None
-    if telemetry is not None:
-        names, sink = telemetry
-        ids = raw["dataset_id"].cuda(non_blocking=True) if names and "dataset_id" in raw else None
-        extra = SampleTelemetry(domain_ids=ids, domain_names=names, sink=sink)
+    if telemetry is not None and telemetry.domain_names and "dataset_id" in raw:
+        telemetry = dataclasses.replace(
+            telemetry, domain_ids=raw["dataset_id"].cuda(non_blocking=True))
     return output, partial(reweighted_loss_func, batch["loss_mask"], config=rw_config,
-                           iteration=iteration, telemetry=extra)
+                           iteration=iteration, telemetry=telemetry)
 
 
 class Trainer:
@@ -171,7 +170,8 @@ class Trainer:
         self.optimizer.zero_grad()
         logged = (self.iteration + 1) % self.args.log_interval == 0
         sink = self.samples.record if logged and self.samples.active else None
-        telemetry = (self.domains, sink) if (self.domains or sink) else None
+        telemetry = (SampleTelemetry(domain_names=self.domains, sink=sink)
+                     if (self.domains or sink) else None)
         reports = self._run(self.train_ds, self.consumed, self.rw_config, self.iteration, False,
                             telemetry)
         ok, grad_norm, _ = self.optimizer.step()
