@@ -1,29 +1,64 @@
 # Everything a fresh CPU machine needs: `make test` builds the venv on first use.
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
-PYTHON ?= python3.11
+
+# The primary stack is what Megatron users run today: Python 3.12, megatron-core 0.19.2.
+# A pyenv shim named python3.12 may exist without 3.12 being selected: scripts/find_python.sh
+# tries the shim, then pyenv's installed versions.
+PYTHON ?= $(shell bash scripts/find_python.sh 3.12)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TORCH  ?= 2.14.1
+MCORE  ?= 0.19.2
+
+# The oldest megatron-core the project supports, for the tests that prove the hook
+# (`make test-compat`): Python 3.11, megatron-core 0.16.1.
+COMPAT_PYTHON ?= $(shell bash scripts/find_python.sh 3.11)
+COMPAT_VENV   ?= .venv-compat
+COMPAT_PY     := $(COMPAT_VENV)/bin/python
+COMPAT_STAMP  := $(COMPAT_VENV)/.installed
+COMPAT_TORCH  ?= 2.13.0
+COMPAT_MCORE  ?= 0.16.1
+
+# Everything but torch and megatron-core: the suite, the demo's plots, and what
+# megatron.training needs (yaml; psutil for --save) when a Megatron-LM checkout is run.
+EXTRAS := sentencepiece==0.2.3 numpy pytest matplotlib==3.10.7 pyyaml psutil tensorboard
 
 DEMO   ?= runs/demo
 
-.PHONY: test demo bench sweep venv clean
+.PHONY: test test-compat demo bench sweep venv venv-compat clean
 
 venv: $(STAMP)
+venv-compat: $(COMPAT_STAMP)
 
-# torch is installed first and pinned: on these machines torch==2.13.0 resolves to a local CPU
-# build, while letting megatron-core pull torch in would fetch a multi-GB CUDA build.
+# torch is installed first and pinned, so that megatron-core does not pick another build. On
+# Python 3.12 PyPI's torch is a CUDA build (about 3 GB downloaded, 5.6 GB venv) that also runs on
+# a CPU; on Python 3.11 torch 2.13.0 resolves to a CPU build on these machines.
+define make_venv
+	@test -n "$(1)" || { echo "no $(2) found (set $(3)=/path/to/python$(2))" >&2; exit 1; }
+	rm -rf $(4)
+	$(1) -m venv $(4)
+	$(4)/bin/python -m pip install -q --upgrade pip
+	$(4)/bin/python -m pip install -q torch==$(5)
+	$(4)/bin/python -m pip install -q megatron-core==$(6) $(EXTRAS)
+	$(4)/bin/python -m pip install -q --no-deps -e .
+	touch $(4)/.installed
+endef
+
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q megatron-core==0.16.1 sentencepiece==0.2.3 numpy pytest matplotlib==3.10.7
-	$(PY) -m pip install -q --no-deps -e .
-	touch $(STAMP)
+	$(call make_venv,$(PYTHON),python3.12,PYTHON,$(VENV),$(TORCH),$(MCORE))
+
+$(COMPAT_STAMP): pyproject.toml
+	$(call make_venv,$(COMPAT_PYTHON),python3.11,COMPAT_PYTHON,$(COMPAT_VENV),$(COMPAT_TORCH),$(COMPAT_MCORE))
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# The tests marked `compat` (uniform bitwise vs the baseline, layout equivalence, multi-node rank
+# mapping, the entry point's resume, the compat layer) on megatron-core 0.16.1.
+test-compat: $(COMPAT_STAMP)
+	$(COMPAT_PY) -m pytest -q -m compat tests
 
 # The CPU demo: a small real-text corpus (cached in data/), a tiny GPT trained with linupper on 2
 # processes (data parallel), then the per-domain summary and $(DEMO)/run.png. Starts afresh.
@@ -50,4 +85,4 @@ sweep: $(STAMP)
 	$(PY) -m benchmarks.gpt_sweep_report
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache

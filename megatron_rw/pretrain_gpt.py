@@ -42,8 +42,8 @@ with warnings.catch_warnings():
     from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed  # noqa: E402
     from megatron.core.transformer import TransformerConfig  # noqa: E402
-    from megatron.core.utils import get_batch_on_this_cp_rank  # noqa: E402
 
+from megatron_rw.compat import slice_for_context_parallel  # noqa: E402
 from megatron_rw.config import ReweightConfig  # noqa: E402
 from megatron_rw.cpu_layers import cpu_gpt_block_spec  # noqa: E402
 from megatron_rw.data.tokenizer import SentencePieceTokenizer  # noqa: E402
@@ -131,7 +131,8 @@ def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iter
     """Megatron-LM's forward_step with the reweighted loss. ``telemetry`` is None or a
     ``SampleTelemetry`` without ids; this micro-batch's come from the blend's ``dataset_id``."""
     raw = next(data_iterator)
-    batch = get_batch_on_this_cp_rank({k: raw[k].cuda(non_blocking=True) for k in BATCH_KEYS})
+    batch = slice_for_context_parallel({k: raw[k].cuda(non_blocking=True) for k in BATCH_KEYS},
+                                       ps.get_context_parallel_group())
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     if telemetry is not None and telemetry.domain_names and "dataset_id" in raw:
         telemetry = dataclasses.replace(

@@ -28,8 +28,8 @@ from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer import TransformerConfig
-from megatron.core.utils import get_batch_on_this_cp_rank
 
+from megatron_rw.compat import slice_for_context_parallel
 from megatron_rw.cpu_layers import cpu_gpt_block_spec
 
 VOCAB, SEQ, HIDDEN, HEADS, LAYERS = 128, 32, 64, 4, 4
@@ -192,12 +192,12 @@ def uneven_global_micro_batch(step: int, micro: int, rows: int = 4) -> dict:
 
 def local_micro_batch(batch: dict) -> dict:
     """This rank's part of a global micro-batch: a contiguous block of rows by DP rank (without
-    CP), then chunks r and 2cp-1-r of the sequence by CP rank (`get_batch_on_this_cp_rank`)."""
+    CP), then chunks r and 2cp-1-r of the sequence by CP rank (`slice_for_context_parallel`)."""
     dp = ps.get_data_parallel_world_size(with_context_parallel=False)
     rank = ps.get_data_parallel_rank(with_context_parallel=False)
     rows = next(iter(batch.values())).shape[0] // dp
     local = {k: v[rank * rows:(rank + 1) * rows] for k, v in batch.items()}
-    return get_batch_on_this_cp_rank(local)
+    return slice_for_context_parallel(local, ps.get_context_parallel_group())
 
 
 def gpt_loss_func(loss_mask, output_tensor):

@@ -21,7 +21,7 @@ import pytest
 
 from tests.workers.launch import torchrun
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "equivalence.py")
 CONTRACTS = ["token_sum", "per_token", "mean"]

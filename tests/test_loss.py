@@ -8,6 +8,8 @@ import torch
 from megatron_rw import ReweightConfig, compute_sample_weights, reweighted_loss_func
 from megatron_rw.loss import LM_LOSS, STAT_KEYS, WEIGHTED_LOSS
 
+pytestmark = pytest.mark.compat
+
 B, S = 6, 16
 LINUPPER = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=0)
 

@@ -17,7 +17,7 @@ from megatron_rw import compute_sample_weights
 from tests.workers import rank_mapping
 from tests.workers.launch import REPO, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 
 def test_two_nodes_tp2_dp2(tmp_path):
