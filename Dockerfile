@@ -3,12 +3,17 @@
 #   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
 #       -v "$PWD/data:/workspace/megatron-rw/data" -v "$PWD/runs:/workspace/megatron-rw/runs" \
 #       megatron-rw --train-iters 2000
-# Not built here (the project's machines have no Docker and no GPU); BASE_IMAGE can be overridden.
+# Not built here (the project's machines have no Docker and no GPU); BASE_IMAGE can be overridden
+# with any image that has Python >= 3.12 and torch >= 2.6 (megatron-core 0.19's requirements).
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
 FROM ${BASE_IMAGE}
 
+# megatron-core 0.17+ needs Python 3.12; fail the build here rather than at the first import.
+RUN python -c "import sys; assert sys.version_info >= (3, 12), sys.version"
 # --no-deps: keep the container's own torch build (pip would otherwise try to replace it).
-RUN pip install --no-cache-dir --no-deps megatron-core==0.16.1 sentencepiece==0.2.3
+# pyyaml and psutil: megatron.training (a Megatron-LM checkout's loop) imports them.
+RUN pip install --no-cache-dir --no-deps megatron-core==0.19.2 sentencepiece==0.2.3 \
+    && pip install --no-cache-dir pyyaml psutil
 
 WORKDIR /workspace/megatron-rw
 COPY pyproject.toml README.md LICENSE CHANGELOG.md ./

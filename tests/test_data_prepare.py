@@ -1,6 +1,7 @@
 """The prepare CLI: frozen flags, profiles, and an offline end-to-end run with a failing source."""
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,10 @@ def test_prepare_end_to_end_offline(tmp_path, monkeypatch, capsys):
     code_share = manifest["domains"]["code"]["tokens"]["train"] / manifest["tokens"]["train"]
     assert float(words[0]) == pytest.approx(code_share, abs=1e-5)  # natural (token-count) blend
     assert "--tokenizer-type GPTSentencePieceTokenizer" in manifest["megatron_args"]
+    # The versions the corpus depends on (the code domain is this Python's stdlib).
+    env = manifest["environment"]
+    assert env["python"] == platform.python_version()
+    assert env["packages"]["sentencepiece"] and env["packages"]["megatron-core"]
 
     (train, valid, test), tok, blends = datasets_from_manifest(out / "manifest.json", 32, [40, 8, 8])
     # A blend may round its size up by a sample or so.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import platform
 import shlex
+from importlib import metadata
 from pathlib import Path
 
 from megatron_rw.data.indexed import token_dtype
@@ -28,6 +30,23 @@ def blend_string(prefixes: dict[str, str], tokens: dict[str, int], weights: str)
         w = tokens[d] / total if weights == "tokens" else 1.0 / len(present)
         parts.append(f"{w:.6f} {prefixes[d]}")
     return " ".join(parts)
+
+
+# Versions that change what ``prepare`` writes: the code domain is the running Python's stdlib,
+# the tokenizer comes from sentencepiece, and the indexed datasets from megatron-core.
+TRACED_PACKAGES = ("sentencepiece", "megatron-core", "torch", "numpy")
+
+
+def environment() -> dict:
+    """The interpreter and package versions this corpus was built with, so a result can be traced."""
+    versions = {}
+    for name in TRACED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "machine": platform.machine(), "packages": versions}
 
 
 def build_manifest(cfg, out: Path, stats: dict, indexed: dict, model: Path, argv: list[str]) -> dict:
@@ -61,6 +80,7 @@ def build_manifest(cfg, out: Path, stats: dict, indexed: dict, model: Path, argv
     return {
         "command": "python -m megatron_rw.data.prepare " + shlex.join(argv),
         "profile": cfg.profile,
+        "environment": environment(),
         "domains": domains,
         "splits": {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
                    "by": "blake2b hash of the document id"},
