@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 
+from benchmarks.environment import environment
 from tests.test_equivalence import CONTRACTS, LAUNCHES, WORKER, max_rel
 from tests.workers.launch import torchrun
 
@@ -23,6 +24,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/layout_equivalence.json")
     args = parser.parse_args()
+    env = environment()
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for nproc, spec in LAUNCHES.items():
@@ -53,7 +55,7 @@ def main():
             for c, r in by_contract.items()))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"max_rel_diff": table, "bitwise": bitwise, "reference": ref}, f, indent=1)
+        json.dump({"environment": env, "max_rel_diff": table, "bitwise": bitwise, "reference": ref}, f, indent=1)
     print(f"\nwrote {args.out}")
 
 

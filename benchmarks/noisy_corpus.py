@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 from pathlib import Path
@@ -92,8 +91,8 @@ def main(argv=None) -> int:
         print(f"noisy_corpus: error: {a.base}/manifest.json does not exist; run "
               f"python -m megatron_rw.data.prepare --profile small --out {a.base}", file=sys.stderr)
         return 1
-    m = build(Path(a.base), Path(a.out), a.dup_docs, a.dup_copies, a.random_docs, a.random_len,
-              a.share, a.seed)
+    build(Path(a.base), Path(a.out), a.dup_docs, a.dup_copies, a.random_docs, a.random_len,
+          a.share, a.seed)
     print(f"wrote {a.out}/manifest.json: extra training domains {', '.join(EXTRA)} at "
           f"{a.share:.0%} of the blend each")
     return 0

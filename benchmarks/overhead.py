@@ -18,35 +18,17 @@ of those ratios are reported. A tiny model makes the hook's fixed cost look as l
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
 import statistics
 import tempfile
 
+from benchmarks.environment import environment
 from tests.workers.launch import REPO, torchrun
 
 WORKER = os.path.join(REPO, "benchmarks", "overhead_worker.py")
 SEED = 1234  # tests/_layouts.build_model_and_optimizer's default: weights and data
-
-
-def environment() -> dict:
-    """Versions, CPU model and date, for every results file of the benchmarks."""
-    import torch
-    from importlib.metadata import version
-
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "megatron_core": version("megatron-core"),
-            "python": platform.python_version(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "load_average_at_start": os.getloadavg()}
 
 
 def summary(values, ci: bool = False) -> dict:

@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch.func import vmap
 
+from benchmarks.environment import environment
 from megatron_rw import compute_sample_weights
 
 
@@ -323,6 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     start = time.perf_counter()
     results = {
         "benchmark": "toy_regression",
+        "environment": environment(),
         "description": __doc__.split("\n\n", 2)[2].strip(),
         "seeds": seeds, "strategies": list(STRATEGIES), "r_main": R_MAIN, "r_sweep": list(R_SWEEP),
         "test_set": "clean labels y = x.w*, inputs drawn from the training group mixture, n_test samples",

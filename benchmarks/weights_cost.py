@@ -33,7 +33,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # when torchrun starts this file as a script
 from benchmarks import scaling_model  # noqa: E402
-from benchmarks.overhead import environment  # noqa: E402
+from benchmarks.environment import environment  # noqa: E402
 from megatron_rw import ReweightConfig, reweighted_loss_func  # noqa: E402
 from megatron_rw.collectives import ReweightGroups, gather_over_data_parallel  # noqa: E402
 from megatron_rw.weights import compute_sample_weights  # noqa: E402

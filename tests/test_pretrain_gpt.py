@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -102,7 +101,8 @@ def _first_loss(corpus, tmp_path, nproc, **over):
     name = "_".join(f"{k.strip('-')}{v}" for k, v in over.items()) or "single"
     metrics = tmp_path / f"{name}.jsonl"
     torchrun(SCRIPT, nproc, base_args(corpus, **{
-        "--train-iters": 1, "--eval-interval": 100, "--eval-iters": 0, "--hidden-dropout": 0,
+        "--train-iters": 1, "--lr-warmup-iters": 0, "--eval-interval": 100, "--eval-iters": 0,
+        "--hidden-dropout": 0,
         "--attention-dropout": 0, "--sample-reweight-strategy": "uniform",
         "--metrics-file": str(metrics), **over}))
     return _train_rows(metrics)[1]["train/lm loss"]
