@@ -10,6 +10,7 @@ group of one; its multi-rank arithmetic is covered on CPU/gloo by tests/test_equ
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -24,6 +25,9 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 STRATEGIES = ("uniform", "linupper", "quadratic", "extremes")
+# Deterministic cuBLAS for the bit-for-bit test; read when the process first uses cuBLAS, which
+# is after collection imported this module.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 B, S = 8, 64
 
 
@@ -109,6 +113,15 @@ def megatron_one_gpu():
     dist.destroy_process_group()
 
 
+@pytest.fixture
+def deterministic_kernels():
+    """Run-to-run deterministic kernels: a bit-for-bit comparison of two training runs needs them
+    whatever the loss function (atomics in a backward kernel reorder sums from run to run)."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
 def _baseline_mean(loss_mask, output_tensor):
     """Megatron-LM's legacy 2-tuple loss_func (CP = 1): the masked token mean. Reported as
     ``[sum, count]`` like the 3-tuple contract (and the hook), so reports compare bit for bit."""
@@ -142,6 +155,11 @@ def _train(loss_func, contract, steps=2, micro=2, rows=4):
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
     model, optimizer, _, config = build_model(args, L.VOCAB)
+    # megatron-core's own switch for its embedding lookup: F.embedding's CUDA backward is not
+    # deterministic (its comment), indexing's is under torch.use_deterministic_algorithms.
+    for module in model.modules():
+        if hasattr(module, "deterministic_mode"):
+            module.deterministic_mode = True
     # With one data-parallel rank DDP scales gradients by 1 either way, so the per-token contract
     # can be switched on after the model is wrapped; the schedule reads it at every step.
     config.calculate_per_token_loss = contract == "per_token"
@@ -172,7 +190,8 @@ def _mismatches(a, b):
 
 
 @pytest.mark.parametrize("contract", ["token_sum", "per_token", "mean"])
-def test_uniform_through_megatron_schedule_is_bitwise_baseline(megatron_one_gpu, contract):
+def test_uniform_through_megatron_schedule_is_bitwise_baseline(megatron_one_gpu,
+                                                               deterministic_kernels, contract):
     from tests import _layouts as L
 
     hook = "mean" if contract == "mean" else "token_sum"
