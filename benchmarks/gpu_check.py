@@ -84,9 +84,8 @@ def software() -> dict:
         te = {"available": True, "version": versions["transformer-engine"]}
     except ImportError:
         te = {"available": False, "why": TRANSFORMER_ENGINE_ABSENT}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
     return {"python": platform.python_version(), "packages": versions, "transformer_engine": te,
-            "git_commit": commit.stdout.strip() or None,
+            "git_commit": _output(["git", "rev-parse", "HEAD"]) or None,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -95,12 +94,26 @@ def gpu() -> dict:
     import torch
 
     props = torch.cuda.get_device_properties(0)
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                          "--format=csv,noheader"], capture_output=True, text=True)
     return {"name": props.name, "capability": f"{props.major}.{props.minor}",
             "memory_gib": round(props.total_memory / 2**30, 1),
             "multiprocessors": props.multi_processor_count, "torch_cuda": torch.version.cuda,
-            "nvidia_smi": smi.stdout.strip() or smi.stderr.strip()[-300:]}
+            "nvidia_smi": _output(["nvidia-smi", "--format=csv,noheader",
+                                   "--query-gpu=name,driver_version,memory.total,clocks.max.sm"])}
+
+
+def _output(cmd: list) -> str:
+    """A command's stripped output, or a note of why there is none (a copy without .git, say)."""
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"unavailable: {e}"
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def config_flags(path: str, arrays=("MODEL_ARGS", "TRAIN_ARGS")) -> list:
+    """Flags of a launcher config (examples/configs/*.sh), expanded by bash as the launcher does."""
+    words = " ".join(f'"${{{a}[@]}}"' for a in arrays)
+    return _output(["bash", "-c", f'source "{path}" && printf "%s\\n" {words}']).splitlines()
 
 
 # ------------------------------------------------------------------------------ running phases

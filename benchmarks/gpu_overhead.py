@@ -5,8 +5,8 @@
 A worker of benchmarks/gpu_check.py (which analyses its output with benchmarks/overhead.py's
 ``analyse``). One process, a world of one (NCCL on a GPU, gloo on a CPU for tests). The model is the
 MODEL_ARGS of examples/configs/gpt_125m.sh (12 layers, hidden 768, 12 heads, sequence 1024) with
-GPT-2's vocabulary (50257, padded to 50304: 124M parameters), in bf16, built by the entry point's
-own ``build_model`` (Transformer Engine layers when importable, else megatron-core's local ones;
+GPT-2's vocabulary (50257, padded to 50304: 124M parameters), in bf16, with its TRAIN_ARGS'
+optimizer settings, built by the entry point's own ``build_model`` (Transformer Engine layers when importable, else megatron-core's local ones;
 Megatron DDP with fp32 grad reduction; bf16 Adam). Steps alternate A B / B A on the same model as
 in benchmarks/overhead_worker.py:
 
@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import warnings
 
@@ -32,18 +31,12 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from benchmarks import overhead_worker as W  # noqa: E402  (installs the CPU runtime without a GPU)
+from benchmarks.gpu_check import config_flags  # noqa: E402
 from megatron_rw.cpu_runtime import backend  # noqa: E402
 from tests.workers.launch import REPO, free_port  # noqa: E402
 
 CONFIG = os.path.join(REPO, "examples", "configs", "gpt_125m.sh")
 GPT2_VOCAB = 50257
-
-
-def config_model_flags(path: str) -> list:
-    """The MODEL_ARGS array of a launcher config, expanded by bash as the launcher does."""
-    script = f'source "{path}"; printf "%s\\n" "${{MODEL_ARGS[@]}}"'
-    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                          check=True).stdout.splitlines()
 
 
 def build(flags: list, vocab: int):
@@ -55,8 +48,7 @@ def build(flags: list, vocab: int):
     from megatron_rw.training.arguments import parse_args
 
     # Data flags are required by the parser but unused: build_model reads only model/optimizer.
-    args = parse_args(flags + ["--train-iters", "1000", "--lr", "1e-4",
-                               "--tokenizer-type", "SentencePieceTokenizer",
+    args = parse_args(flags + ["--tokenizer-type", "SentencePieceTokenizer",
                                "--tokenizer-model", "unused", "--train-data-path", "unused"])
     ps.initialize_model_parallel()
     torch.manual_seed(1234)
@@ -82,14 +74,15 @@ def random_batches(micro: int, mbs: int, seq: int, vocab: int) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--pairs", type=int, default=30)
+    parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5, help="pairs excluded from the statistics")
     parser.add_argument("--micro", type=int, default=4, help="micro-batches per step")
     parser.add_argument("--micro-batch-size", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=GPT2_VOCAB)
-    parser.add_argument("--config", default=CONFIG, help="launcher config whose MODEL_ARGS to use")
+    parser.add_argument("--config", default=CONFIG,
+                        help="launcher config whose MODEL_ARGS and TRAIN_ARGS to use")
     parser.add_argument("--model-args", default="",
-                        help="flags appended to MODEL_ARGS (they win), e.g. a tiny shape for tests")
+                        help="flags appended to the config's (they win), e.g. a tiny shape for tests")
     a = parser.parse_args()
 
     on_gpu = torch.cuda.is_available()
@@ -97,7 +90,7 @@ def main() -> int:
         torch.cuda.set_device(0)
     dist.init_process_group(backend(), init_method=f"tcp://127.0.0.1:{free_port()}",
                             rank=0, world_size=1)
-    flags = (config_model_flags(a.config) + shlex.split(a.model_args)
+    flags = (config_flags(a.config) + shlex.split(a.model_args)
              + ["--micro-batch-size", str(a.micro_batch_size)] + ["--bf16"] * on_gpu)
     args, vocab, model, optimizer = build(flags, a.vocab)
     batches = random_batches(a.micro, a.micro_batch_size, args.seq_length, vocab)

@@ -115,6 +115,28 @@ def test_software_names_transformer_engine():
         assert "64 MiB" in info["transformer_engine"]["why"]
 
 
+def test_gpu_runs_flags_parse_for_one_gpu():
+    """A flag the entry point rejects would only show on the device: parse them here."""
+    from megatron_rw.training.arguments import parse_args, validate_layout
+
+    data = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
+            "--tokenizer-model", "x.model", "--save", "runs/x", "--bf16"]  # what the launcher adds
+    config = os.path.join(REPO, "examples", "configs", "gpt_125m.sh")
+    flags = G.config_flags(config, ("MODEL_ARGS", "TRAIN_ARGS", "REWEIGHT_ARGS"))
+    args = parse_args(flags + list(G.QUALITY_FLAGS) + ["--sample-reweight-strategy", "linupper"] + data)
+    assert validate_layout(args, 1) == 1 and args.num_microbatches == 2
+    assert (args.seq_length, args.hidden_size, args.num_layers, args.train_iters) == (1024, 768, 12, 200)
+    assert args.sample_reweight_warmup_iters == G.QUALITY_WARMUP < args.train_iters
+    assert args.lr_warmup_iters < args.lr_decay_iters == 200
+    # 200 steps of 16 x 1024 tokens stay under one epoch of the small corpus (3.9 M train tokens).
+    assert args.train_iters * args.global_batch_size * args.seq_length < 3.9e6
+    # The overhead run: the config's model and optimizer at GPT-2's vocabulary, padded as
+    # pretrain_gpt.padded_vocab_size does (importing it here would install the CPU runtime).
+    args = parse_args(G.config_flags(config) + ["--micro-batch-size", "8", "--bf16"] + data[:6])
+    divisor = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
+    assert math.ceil(50257 / divisor) * divisor == 50304 and args.bf16
+
+
 def test_quality_phase_needs_a_prepared_corpus(tmp_path):
     out = G.phase_quality(str(tmp_path), str(tmp_path), 10, corpus=str(tmp_path / "none"))
     assert out["status"] == "failed" and "megatron_rw.data.prepare" in out["why"]
