@@ -62,13 +62,15 @@ TRANSFORMER_ENGINE_ABSENT = (
     "kernels).")
 
 
-def cuda_device_or_none():
-    """The CUDA device's name, or None when torch is missing or sees no CUDA device."""
+def find_cuda_device() -> tuple:
+    """``(name of CUDA device 0, None)``, or ``(None, why there is none)``."""
     try:
         import torch
-    except ImportError:
-        return None
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError as e:
+        return None, f"torch is not importable ({e})"
+    if not torch.cuda.is_available():
+        return None, "no CUDA device found (torch.cuda.is_available() is False)"
+    return torch.cuda.get_device_name(0), None
 
 
 def software() -> dict:
@@ -242,11 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    device = cuda_device_or_none()
+    device, why = find_cuda_device()
     if device is None:
-        print("gpu_check: no CUDA device found (torch.cuda.is_available() is False); nothing was "
-              "run or written. Run it on a machine with an NVIDIA GPU: docs/gpu_check.md.",
-              file=sys.stderr)
+        print(f"gpu_check: {why}; nothing was run or written. Run it on a machine with an NVIDIA "
+              "GPU: docs/gpu_check.md.", file=sys.stderr)
         return NO_CUDA
     start = time.monotonic()
     work = tempfile.mkdtemp(prefix="gpu_check_")

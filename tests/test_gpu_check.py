@@ -213,7 +213,7 @@ def test_main_budget_and_files(tmp_path, monkeypatch, budget, status, rc):
             return result
         return run
 
-    monkeypatch.setattr(G, "cuda_device_or_none", lambda: "Stand-in GPU")
+    monkeypatch.setattr(G, "find_cuda_device", lambda: ("Stand-in GPU", None))
     monkeypatch.setattr(G, "gpu", lambda: {"name": "Stand-in GPU"})
     monkeypatch.setattr(G, "phase_tests", fake("tests", {"status": "passed", "cases": {}, "passed": 1,
                                                          "failed": 0, "skipped": 0, "seconds": 1}))
