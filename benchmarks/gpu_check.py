@@ -115,7 +115,9 @@ def _output(cmd: list) -> str:
 def config_flags(path: str, arrays=("MODEL_ARGS", "TRAIN_ARGS")) -> list:
     """Flags of a launcher config (examples/configs/*.sh), expanded by bash as the launcher does."""
     words = " ".join(f'"${{{a}[@]}}"' for a in arrays)
-    return _output(["bash", "-c", f'source "{path}" && printf "%s\\n" {words}']).splitlines()
+    script = f'source "{path}" && printf "%s\\n" {words}'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
 
 
 # ------------------------------------------------------------------------------ running phases
