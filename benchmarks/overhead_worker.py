@@ -82,24 +82,64 @@ def reduce_reports_per_key(reports):
     return out
 
 
-def timed_step(chunk, optimizer, batches, loss_fn, micro_batch_size):
-    """One synchronous optimizer step; returns (step_s, loss_fn_s, report_s), max over ranks."""
+def _synchronize() -> None:
+    """On a GPU kernels run asynchronously: wait for them so the clock times the work, not its
+    launch. (A no-op on CPU, where the CPU runtime stubs it.)"""
+    torch.cuda.synchronize()
+
+
+def timed_step(chunk, optimizer, batches, loss_fn, micro_batch_size, seq_length=L.SEQ):
+    """One synchronous optimizer step; returns (step_s, loss_fn_s, report_s), max over ranks.
+    ``loss_fn_s`` is host time inside the loss function (on a GPU: launching its kernels)."""
     timed = TimedLoss(loss_fn)
     dist.barrier()
+    _synchronize()
     t0 = time.perf_counter()
     chunk.zero_grad_buffer()
     optimizer.zero_grad()
     reports = get_forward_backward_func()(
         forward_step_func=partial(forward_step, timed), data_iterator=iter(batches), model=chunk,
-        num_microbatches=len(batches), seq_length=L.SEQ, micro_batch_size=micro_batch_size,
+        num_microbatches=len(batches), seq_length=seq_length, micro_batch_size=micro_batch_size,
         forward_only=False)
     optimizer.step()
+    _synchronize()
     t1 = time.perf_counter()
     reduce_reports_per_key(reports)
+    _synchronize()
     t2 = time.perf_counter()
-    times = torch.tensor([t1 - t0, timed.seconds, t2 - t1], dtype=torch.float64)
+    # On the current device: NCCL reduces only CUDA tensors (on CPU "cuda" is the CPU).
+    times = torch.tensor([t1 - t0, timed.seconds, t2 - t1], dtype=torch.float64,
+                         device=torch.cuda.current_device())
     dist.all_reduce(times, op=dist.ReduceOp.MAX)  # outside the timed region
     return times.tolist()
+
+
+def loss_function(name: str, step_no: int):
+    """Variant ``name``'s loss function for the ``step_no``-th step of the benchmark."""
+    if name == "baseline":
+        return L.gpt_loss_func
+    return partial(reweighted_loss_func, config=REWEIGHT,
+                   iteration=REWEIGHT.warmup_iters + step_no)
+
+
+FIELDS = ("step", "loss_fn", "report")
+
+
+def interleaved_samples(step, pairs: int, warmup: int) -> dict:
+    """Alternate ``step(name, step_no)`` between the variants, AB then BA, for ``warmup`` + ``pairs``
+    pairs; returns ``{variant: {field: [seconds of each measured step]}}``. Warm-up pairs
+    (allocator, communicator set-up, first-call caches) are not recorded."""
+    samples = {v: {f: [] for f in FIELDS} for v in ("baseline", "reweighted")}
+    step_no = 0
+    for i in range(warmup + pairs):
+        order = ("baseline", "reweighted") if i % 2 == 0 else ("reweighted", "baseline")
+        for name in order:
+            t = step(name, step_no)
+            step_no += 1
+            if i >= warmup:
+                for f, value in zip(FIELDS, t):
+                    samples[name][f].append(value)
+    return samples
 
 
 def run_layout(text, pairs, warmup, micro, b):
@@ -108,27 +148,11 @@ def run_layout(text, pairs, warmup, micro, b):
     dp = ps.get_data_parallel_world_size(with_context_parallel=False)
     # Built once: the data does not change the cost of a step, and generating it would add noise.
     batches = [L.local_micro_batch(L.global_micro_batch(0, m, rows=b * dp)) for m in range(micro)]
-    step_no = 0
 
-    def variant(name):
-        nonlocal step_no
-        if name == "baseline":
-            fn = L.gpt_loss_func
-        else:
-            fn = partial(reweighted_loss_func, config=REWEIGHT,
-                         iteration=REWEIGHT.warmup_iters + step_no)
-        step_no += 1
-        return timed_step(chunks[0], optimizer, batches, fn, b)
+    def step(name, step_no):
+        return timed_step(chunks[0], optimizer, batches, loss_function(name, step_no), b)
 
-    fields = ("step", "loss_fn", "report")
-    samples = {v: {f: [] for f in fields} for v in ("baseline", "reweighted")}
-    for i in range(warmup + pairs):
-        order = ("baseline", "reweighted") if i % 2 == 0 else ("reweighted", "baseline")
-        for name in order:
-            t = variant(name)
-            if i >= warmup:  # warm-up pairs: allocator, gloo connections, first-call caches
-                for f, value in zip(fields, t):
-                    samples[name][f].append(value)
+    samples = interleaved_samples(step, pairs, warmup)
     ps.destroy_model_parallel()
     return {"layout": layout.name, "dp": dp, "tp": layout.tp, "micro_batch_size": b,
             "num_microbatches": micro, "samples_s": samples}

@@ -25,7 +25,10 @@ def average_reports(reports: Optional[List[dict]],
     gets the last stage's values bit for bit. ``keys`` must be the same on every rank; keys
     missing from the reports, or with a count of 0 over the whole step, are left out.
     """
-    totals = torch.zeros(len(keys), 2, dtype=torch.float32)
+    # On the GPU when there is one: NCCL reduces only CUDA tensors, and the reports are already
+    # there, so filling `totals` copies nothing. Without a GPU, the CPU for gloo.
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    totals = torch.zeros(len(keys), 2, dtype=torch.float32, device=device)
     if reports:
         for i, key in enumerate(keys):
             if key in reports[0]:
