@@ -27,7 +27,7 @@ EXTRAS := sentencepiece==0.2.3 numpy pytest matplotlib==3.10.7 pyyaml psutil ten
 
 DEMO   ?= runs/demo
 
-.PHONY: test test-compat demo bench sweep venv venv-compat clean
+.PHONY: test test-compat demo bench sweep gpu-check venv venv-compat clean
 
 venv: $(STAMP)
 venv-compat: $(COMPAT_STAMP)
@@ -83,6 +83,13 @@ sweep: $(STAMP)
 	$(PY) -m benchmarks.noisy_corpus --base data/small --out data/small_noisy
 	$(PY) -m benchmarks.gpt_sweep
 	$(PY) -m benchmarks.gpt_sweep_report
+
+# One-shot GPU check (docs/gpu_check.md): the GPU tests, the hook's step-time ratio at GPT-2-small
+# scale in bf16, and a short uniform-vs-linupper run on data/small; writes results/gpu_check.json
+# and results/gpu_check_loss.png in about 7 minutes on one GPU. Exits 3 at once without CUDA.
+gpu-check: $(STAMP)
+	$(PY) -m megatron_rw.data.prepare --profile small --out data/small
+	$(PY) -m benchmarks.gpu_check
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache
