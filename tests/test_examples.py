@@ -13,8 +13,9 @@ from megatron_rw.training.arguments import parse_args, validate_layout
 from tests.workers.launch import REPO
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "*.sh")))
-# World sizes each config is written for: one 8-GPU node for the GPU ones, 2 CPU ranks for tiny.
-WORLD = {"tiny_cpu": 2, "gpt_125m": 8, "gpt_1b": 8}
+# World sizes each config is written for: one 8-GPU node for the GPU ones, 2 CPU ranks for the
+# CPU ones.
+WORLD = {"tiny_cpu": 2, "smoke_cpu": 2, "gpt_125m": 8, "gpt_1b": 8}
 DATA = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
         "--tokenizer-model", "x.model", "--save", "runs/x"]  # what the launcher adds
 
