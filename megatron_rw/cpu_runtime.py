@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from types import SimpleNamespace
 
 import torch
 
@@ -126,6 +127,8 @@ class _FakeEvent:
 
 
 _DEFAULT_STREAM = _FakeStream()
+_DEVICE_PROPERTIES = SimpleNamespace(name="cpu", major=0, minor=0, total_memory=0,
+                                     multi_processor_count=0)
 
 
 def _const(value):
@@ -164,6 +167,8 @@ def _stub_cuda_api():
         "memory_stats": lambda device=None: {},
         "get_device_name": lambda device=None: "cpu",
         "get_device_capability": lambda device=None: (0, 0),
+        # Megatron-LM's argument checks read `.major` (the GPU generation) under TP/CP.
+        "get_device_properties": lambda device=None: _DEVICE_PROPERTIES,
     }
     for name, fn in stubs.items():
         setattr(cuda, name, fn)

@@ -48,6 +48,7 @@ from megatron_rw.config import ReweightConfig  # noqa: E402
 from megatron_rw.cpu_layers import cpu_gpt_block_spec  # noqa: E402
 from megatron_rw.data.tokenizer import SentencePieceTokenizer  # noqa: E402
 from megatron_rw.loss import LM_LOSS, reweighted_loss_func  # noqa: E402
+from megatron_rw.nonfinite import check_finite_loss  # noqa: E402
 from megatron_rw.schedule import temperature_at  # noqa: E402
 from megatron_rw.telemetry import DOMAIN_LOSS, DOMAIN_WEIGHT, SampleTelemetry  # noqa: E402
 from megatron_rw.training import checkpoint  # noqa: E402
@@ -127,6 +128,15 @@ def build_model(args, vocab_size: int):
     return model, optimizer, scheduler, config
 
 
+def checked_loss_func(loss_mask, output_tensor, *, config: ReweightConfig, **kwargs):
+    """``reweighted_loss_func``, then Megatron-LM's NaN/Inf check of the unweighted local loss sum
+    (its ``loss_func`` checks the same sum), unless the user chose ``--sample-reweight-skip-nonfinite``."""
+    result = reweighted_loss_func(loss_mask, output_tensor, config=config, **kwargs)
+    if not config.skip_nonfinite:
+        check_finite_loss(torch.sum(output_tensor.view(-1).float() * loss_mask.view(-1).float()))
+    return result
+
+
 def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iterator, model):
     """Megatron-LM's forward_step with the reweighted loss. ``telemetry`` is None or a
     ``SampleTelemetry`` without ids; this micro-batch's come from the blend's ``dataset_id``."""
@@ -137,7 +147,7 @@ def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iter
     if telemetry is not None and telemetry.domain_names and "dataset_id" in raw:
         telemetry = dataclasses.replace(
             telemetry, domain_ids=raw["dataset_id"].cuda(non_blocking=True))
-    return output, partial(reweighted_loss_func, batch["loss_mask"], config=rw_config,
+    return output, partial(checked_loss_func, batch["loss_mask"], config=rw_config,
                            iteration=iteration, telemetry=telemetry)
 
 
@@ -185,7 +195,7 @@ class Trainer:
     def evaluate(self):
         """Unweighted lm loss on the same first --eval-iters global batches of every valid set."""
         self.model.eval()
-        uniform = ReweightConfig()
+        uniform = ReweightConfig(skip_nonfinite=self.rw_config.skip_nonfinite)
         results = {}
         with torch.no_grad():
             for name, ds in self.valid_ds.items():
