@@ -206,6 +206,36 @@ def _redirect_cuda_rng():
         mod.initial_seed = lambda: torch.default_generator.initial_seed()
     # Megatron's `_set_cuda_rng_state` indexes `torch.cuda.default_generators[current_device()]`.
     cuda.default_generators = (torch.default_generator,)
+    _keep_data_loader_off_the_rng()
+
+
+_loader_seeds = None  # torch.Generator for DataLoader worker seeds, made on first use
+
+
+def _keep_data_loader_off_the_rng():
+    """Every `iter(DataLoader)` draws its workers' base seed from the CPU generator. On a GPU
+    dropout draws from the CUDA generator, which that draw never touches; here they are one
+    generator. Megatron-LM builds its data iterators after a checkpoint's RNG states are restored
+    (and before the first step of a fresh run), so the draw shifted every dropout mask of a
+    resumed run: measured, resume was not bitwise with dropout on. Draw it from a generator of
+    its own (seeded from the process's initial seed, so runs stay reproducible)."""
+    from torch.utils.data import DataLoader
+
+    original = DataLoader.__iter__
+
+    def __iter__(self):
+        global _loader_seeds
+        if self.generator is not None:
+            return original(self)
+        if _loader_seeds is None:
+            _loader_seeds = torch.Generator().manual_seed(torch.initial_seed())
+        self.generator = _loader_seeds
+        try:
+            return original(self)
+        finally:
+            self.generator = None
+
+    DataLoader.__iter__ = __iter__
 
 
 def _patch_megatron_rng():
