@@ -20,7 +20,8 @@ def torchrun(script: str, nproc: int, args: List[str], env: Optional[Dict[str, s
     """Run ``script`` under torchrun on one "node"; returns the combined log, raises with it on failure."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", script, *args]
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env or {}))
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    full_env.update(env or {})
     proc = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
