@@ -83,7 +83,8 @@ def _record_training_log(original):
         RECORD["iterations"].append({
             "iteration": int(bound["iteration"]),
             "loss": {k: float(v) for k, v in bound["loss_dict"].items()},
-            "grad_norm": None if grad_norm is None else float(grad_norm)})
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "time": time.perf_counter()})
         return original(*args, **kwargs)
 
     return training_log
@@ -129,6 +130,12 @@ def _kill_after_save(original, at):
             dist.barrier()
             print(f"rank {dist.get_rank()}: SIGKILL after the checkpoint of iteration {iteration}",
                   flush=True)
+            # The whole rank dies, as with a lost node: the checkpoint writer's helper processes
+            # first (orphaned, they would keep the launcher's stdout open), then the rank.
+            import psutil
+
+            for child in psutil.Process().children(recursive=True):
+                child.kill()
             os.kill(os.getpid(), signal.SIGKILL)
         return result
 
