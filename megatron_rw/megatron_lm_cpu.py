@@ -3,7 +3,7 @@
     PYTHONPATH=/path/to/Megatron-LM torchrun --nproc-per-node 2 -m megatron_rw.megatron_lm_cpu \\
         /path/to/Megatron-LM/pretrain_gpt.py <pretrain_gpt.py flags> \\
         --transformer-impl local --no-gradient-accumulation-fusion --no-persist-layer-norm \\
-        --distributed-backend gloo
+        --no-rope-fusion --distributed-backend gloo
 
 The script (Megatron-LM's ``pretrain_gpt.py`` or ``patches/megatron_lm/pretrain_gpt_rw.py``) runs
 as ``__main__`` after :func:`enable_megatron_lm_cpu`. With a GPU this module only runs the script.
@@ -37,9 +37,10 @@ from megatron_rw.cpu_runtime import enable_cpu_runtime
 
 __all__ = ["enable_megatron_lm_cpu", "CPU_FLAGS", "main"]
 
-# Megatron-LM flags a CPU run needs: no Transformer Engine, no fused CUDA kernels, gloo.
+# Megatron-LM flags a CPU run needs: no Transformer Engine, no fused CUDA kernels (RoPE fusion is
+# on by default and refuses to run without TE), gloo.
 CPU_FLAGS = ("--transformer-impl", "local", "--no-gradient-accumulation-fusion",
-             "--no-persist-layer-norm", "--distributed-backend", "gloo")
+             "--no-persist-layer-norm", "--no-rope-fusion", "--distributed-backend", "gloo")
 
 
 def enable_megatron_lm_cpu() -> bool:

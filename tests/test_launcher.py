@@ -117,8 +117,9 @@ def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert f"cpu/gloo, config tiny_cpu, output {out}, trainer Megatron-LM {checkout}" in log
-    lines = [l for l in log.splitlines() if " iteration " in l and "lm loss" in l]
+    lines = [l for l in log.splitlines() if " iteration " in l and "consumed samples" in l]
     assert len(lines) == 3, log[-3000:]
+    assert "validation loss at iteration 3" in log
     assert all("weighted lm loss" in l and "sample weight ess" in l for l in lines)
     assert "sample weight ess: 1.000000E+00" in lines[0]  # the 1-step burn-in
     assert "sample weight ess: 1.000000E+00" not in lines[2]

@@ -133,7 +133,8 @@ def test_linupper_trains_and_logs_reweighting_keys(megatron_lm):
     ess = [r["loss"]["sample weight ess"] for r in run["iterations"]]
     assert ess[:2] == [1.0, 1.0] and all(e < 1.0 for e in ess[2:])  # ... after the burn-in
     # Megatron-LM's own iteration lines (other ranks' prints may interleave with a line).
-    lines = [line for line in log.splitlines() if " iteration " in line and "lm loss" in line]
+    lines = [line for line in log.splitlines()
+             if " iteration " in line and "consumed samples" in line]
     for key in ("weighted lm loss", "sample weight ess", "sample weight max", "sample loss range",
                 "invalid samples"):
         assert any(key in line for line in lines), key
