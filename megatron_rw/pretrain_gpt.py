@@ -47,8 +47,7 @@ from megatron_rw.compat import slice_for_context_parallel  # noqa: E402
 from megatron_rw.config import ReweightConfig  # noqa: E402
 from megatron_rw.cpu_layers import cpu_gpt_block_spec  # noqa: E402
 from megatron_rw.data.tokenizer import SentencePieceTokenizer  # noqa: E402
-from megatron_rw.loss import LM_LOSS, reweighted_loss_func  # noqa: E402
-from megatron_rw.nonfinite import check_finite_loss  # noqa: E402
+from megatron_rw.loss import LM_LOSS, checked_loss_func  # noqa: E402
 from megatron_rw.schedule import temperature_at  # noqa: E402
 from megatron_rw.telemetry import DOMAIN_LOSS, DOMAIN_WEIGHT, SampleTelemetry  # noqa: E402
 from megatron_rw.training import checkpoint  # noqa: E402
@@ -126,15 +125,6 @@ def build_model(args, vocab_size: int):
     config.finalize_model_grads_func = finalize_model_grads
     config.grad_scale_func = optimizer.scale_loss
     return model, optimizer, scheduler, config
-
-
-def checked_loss_func(loss_mask, output_tensor, *, config: ReweightConfig, **kwargs):
-    """``reweighted_loss_func``, then Megatron-LM's NaN/Inf check of the unweighted local loss sum
-    (its ``loss_func`` checks the same sum), unless the user chose ``--sample-reweight-skip-nonfinite``."""
-    result = reweighted_loss_func(loss_mask, output_tensor, config=config, **kwargs)
-    if not config.skip_nonfinite:
-        check_finite_loss(torch.sum(output_tensor.view(-1).float() * loss_mask.view(-1).float()))
-    return result
 
 
 def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iterator, model):
