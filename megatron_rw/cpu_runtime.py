@@ -13,6 +13,8 @@ CPU for the whole process, in three parts:
 2. CUDA RNG -> CPU RNG: `torch.cuda.{get,set}_rng_state`, `manual_seed(_all)` and
    `torch.cuda.default_generators` use the CPU default generator, so Megatron's
    `CudaRNGStatesTracker` forks (dropout, TP init) fork the generator that CPU ops really use.
+   The one draw a GPU run takes from the CPU generator on the way, a DataLoader's worker seed,
+   gets a generator of its own, or a resumed run's dropout would shift (see below).
 3. A `TorchFunctionMode`, entered once and left active, that rewrites cuda devices to cpu in every
    torch call, drops `pin_memory`, makes `Tensor.cuda()` return self and makes `Tensor.type()`
    report `torch.cuda.*` names for CPU tensors. A mode is switched off while its handler runs, so

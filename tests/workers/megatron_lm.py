@@ -75,11 +75,6 @@ def _record_training_log(original):
     def training_log(*args, **kwargs):
         bound = signature.bind(*args, **kwargs).arguments
         grad_norm = bound.get("grad_norm")
-        if os.environ.get("RW_DEBUG_RNG"):
-            import hashlib
-            state = torch.default_generator.get_state().numpy().tobytes()
-            print(f"RNG rank {dist.get_rank()} it {bound['iteration']}: "
-                  f"{hashlib.sha1(state).hexdigest()[:10]}", flush=True)
         RECORD["iterations"].append({
             "iteration": int(bound["iteration"]),
             "loss": {k: float(v) for k, v in bound["loss_dict"].items()},
