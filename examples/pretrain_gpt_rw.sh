@@ -2,6 +2,12 @@
 # GPT pretraining with loss-based sample reweighting, launched with torchrun on this node.
 #
 #   bash examples/pretrain_gpt_rw.sh [pretrain_gpt flags ...]
+#   MEGATRON_LM=/path/to/Megatron-LM bash examples/pretrain_gpt_rw.sh [pretrain_gpt.py flags ...]
+#
+# Without MEGATRON_LM it trains with megatron-rw's own entry point (python -m
+# megatron_rw.pretrain_gpt); with it, that checkout's unmodified pretrain_gpt.py through
+# patches/megatron_lm/pretrain_gpt_rw.py. The config's flags and the corpus's flags are
+# Megatron-LM's names, so the same CONFIG and DATA serve both.
 #
 # Run it once per node (by hand, or from examples/slurm/pretrain_gpt_rw.sbatch). Flags given on
 # the command line come last, so they override the config's (argparse keeps the last value):
@@ -20,8 +26,11 @@
 #                                              --data-path and --tokenizer-model flags instead
 #   OUT            checkpoints, metrics.jsonl, TensorBoard   runs/<config name>
 #   PYTHON         interpreter with megatron-rw installed    python3
+#   MEGATRON_LM    a Megatron-LM checkout to train with      unset: megatron-rw's entry point
 # With CUDA: NCCL and --bf16 (BF16=0 to train in fp32). Without: gloo and the CPU runtime, and
-# OMP_NUM_THREADS = cores / processes unless set.
+# OMP_NUM_THREADS = cores / processes unless set; with MEGATRON_LM also megatron_rw.megatron_lm_cpu
+# (Megatron-LM's training loop on a CPU) and the flags it needs there (--transformer-impl local,
+# --distributed-backend gloo, ...).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -74,15 +83,37 @@ if [[ "$HAS_CUDA" == 1 && "${BF16:-1}" == 1 ]]; then
     PRECISION_ARGS=(--bf16)
 fi
 
+PYPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -n "${MEGATRON_LM:-}" ]]; then
+    if [[ ! -f "$MEGATRON_LM/pretrain_gpt.py" ]]; then
+        echo "pretrain_gpt_rw.sh: MEGATRON_LM=$MEGATRON_LM has no pretrain_gpt.py" >&2
+        exit 2
+    fi
+    MEGATRON_LM="$(cd "$MEGATRON_LM" && pwd)"
+    # The checkout first: its megatron.core and megatron.training are the ones imported.
+    PYPATH="$MEGATRON_LM:$PYPATH"
+    TRAINER=("$REPO/patches/megatron_lm/pretrain_gpt_rw.py")
+    if [[ "$HAS_CUDA" == 0 ]]; then
+        TRAINER=(-m megatron_rw.megatron_lm_cpu "${TRAINER[@]}")
+        mapfile -t CPU_ARGS < <(PYTHONPATH="$REPO" "$PYTHON" -c \
+            'from megatron_rw.megatron_lm_cpu import CPU_FLAGS; print("\n".join(CPU_FLAGS))')
+        PRECISION_ARGS+=("${CPU_ARGS[@]}")
+    fi
+    TRAINER_NAME="Megatron-LM $MEGATRON_LM"
+else
+    TRAINER=(-m megatron_rw.pretrain_gpt)
+    TRAINER_NAME="megatron_rw.pretrain_gpt"
+fi
+
 LAUNCH=(
     "$PYTHON" -m torch.distributed.run
     --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK"
     --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"
-    -m megatron_rw.pretrain_gpt
+    "${TRAINER[@]}"
     "${MODEL_ARGS[@]}" "${TRAIN_ARGS[@]}" "${REWEIGHT_ARGS[@]}" "${PRECISION_ARGS[@]}"
     "${DATA_ARGS[@]}"
     --save "$OUT" --load "$OUT" --tensorboard-dir "$OUT/tensorboard"
     "$@"
 )
-echo "pretrain_gpt_rw.sh: node $NODE_RANK/$NNODES, $GPUS_PER_NODE processes, $([[ $HAS_CUDA == 1 ]] && echo cuda/nccl || echo cpu/gloo), config $CONFIG_NAME, output $OUT"
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "${LAUNCH[@]}"
+echo "pretrain_gpt_rw.sh: node $NODE_RANK/$NNODES, $GPUS_PER_NODE processes, $([[ $HAS_CUDA == 1 ]] && echo cuda/nccl || echo cpu/gloo), config $CONFIG_NAME, output $OUT, trainer $TRAINER_NAME"
+PYTHONPATH="$PYPATH" exec "${LAUNCH[@]}"

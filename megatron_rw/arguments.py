@@ -69,4 +69,8 @@ def add_sample_reweight_args(parser: argparse.ArgumentParser) -> argparse.Argume
     g.add_argument("--sample-reweight-delta", type=_positive_float, default=_DEFAULTS.delta,
                    help="Per-sample losses are normalised to [-delta, delta]. "
                         f"Default: {_DEFAULTS.delta}.")
+    g.add_argument("--sample-reweight-skip-nonfinite", action="store_true",
+                   help="Give samples with a NaN/Inf loss weight 0 and count them (invalid "
+                        "samples) instead of stopping the run with Megatron's NaN/Inf check. "
+                        "Default: off (stop, as without megatron-rw).")
     return parser

@@ -46,6 +46,12 @@ class ReweightConfig:
     delta: float = 1.0
     """Half-width of the interval losses are normalised to (``[-delta, delta]``; the paper uses 1)."""
 
+    skip_nonfinite: bool = False
+    """Ride through samples whose loss is NaN or Inf: weight 0, counted in ``invalid samples``.
+    Off by default: a non-finite loss is how divergence and corrupted data show themselves, so
+    the run stops with Megatron's own check (``--check-for-nan-in-loss-and-grad``) as it would
+    without megatron-rw. All-masked (padding) samples get weight 0 either way."""
+
     def __post_init__(self):
         def fail(field: str, msg: str):
             flag = "--sample-reweight-" + field.replace("_", "-")
@@ -62,6 +68,8 @@ class ReweightConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 fail(name, f"must be an integer >= 0, got {value!r}")
+        if not isinstance(self.skip_nonfinite, bool):
+            fail("skip_nonfinite", f"must be True or False, got {self.skip_nonfinite!r}")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.schedule != "constant" and self.anneal_iters == 0:

@@ -13,6 +13,8 @@ CPU for the whole process, in three parts:
 2. CUDA RNG -> CPU RNG: `torch.cuda.{get,set}_rng_state`, `manual_seed(_all)` and
    `torch.cuda.default_generators` use the CPU default generator, so Megatron's
    `CudaRNGStatesTracker` forks (dropout, TP init) fork the generator that CPU ops really use.
+   The one draw a GPU run takes from the CPU generator on the way, a DataLoader's worker seed,
+   gets a generator of its own, or a resumed run's dropout would shift (see below).
 3. A `TorchFunctionMode`, entered once and left active, that rewrites cuda devices to cpu in every
    torch call, drops `pin_memory`, makes `Tensor.cuda()` return self and makes `Tensor.type()`
    report `torch.cuda.*` names for CPU tensors. A mode is switched off while its handler runs, so
@@ -29,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from types import SimpleNamespace
 
 import torch
 
@@ -126,6 +129,8 @@ class _FakeEvent:
 
 
 _DEFAULT_STREAM = _FakeStream()
+_DEVICE_PROPERTIES = SimpleNamespace(name="cpu", major=0, minor=0, total_memory=0,
+                                     multi_processor_count=0)
 
 
 def _const(value):
@@ -164,6 +169,8 @@ def _stub_cuda_api():
         "memory_stats": lambda device=None: {},
         "get_device_name": lambda device=None: "cpu",
         "get_device_capability": lambda device=None: (0, 0),
+        # Megatron-LM's argument checks read `.major` (the GPU generation) under TP/CP.
+        "get_device_properties": lambda device=None: _DEVICE_PROPERTIES,
     }
     for name, fn in stubs.items():
         setattr(cuda, name, fn)
@@ -201,6 +208,36 @@ def _redirect_cuda_rng():
         mod.initial_seed = lambda: torch.default_generator.initial_seed()
     # Megatron's `_set_cuda_rng_state` indexes `torch.cuda.default_generators[current_device()]`.
     cuda.default_generators = (torch.default_generator,)
+    _keep_data_loader_off_the_rng()
+
+
+_loader_seeds = None  # torch.Generator for DataLoader worker seeds, made on first use
+
+
+def _keep_data_loader_off_the_rng():
+    """Every `iter(DataLoader)` draws its workers' base seed from the CPU generator. On a GPU
+    dropout draws from the CUDA generator, which that draw never touches; here they are one
+    generator. Megatron-LM builds its data iterators after a checkpoint's RNG states are restored
+    (and before the first step of a fresh run), so the draw shifted every dropout mask of a
+    resumed run: measured, resume was not bitwise with dropout on. Draw it from a generator of
+    its own (seeded from the process's initial seed, so runs stay reproducible)."""
+    from torch.utils.data import DataLoader
+
+    original = DataLoader.__iter__
+
+    def __iter__(self):
+        global _loader_seeds
+        if self.generator is not None:
+            return original(self)
+        if _loader_seeds is None:
+            _loader_seeds = torch.Generator().manual_seed(torch.initial_seed())
+        self.generator = _loader_seeds
+        try:
+            return original(self)
+        finally:
+            self.generator = None
+
+    DataLoader.__iter__ = __iter__
 
 
 def _patch_megatron_rng():

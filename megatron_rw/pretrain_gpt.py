@@ -47,7 +47,7 @@ from megatron_rw.compat import slice_for_context_parallel  # noqa: E402
 from megatron_rw.config import ReweightConfig  # noqa: E402
 from megatron_rw.cpu_layers import cpu_gpt_block_spec  # noqa: E402
 from megatron_rw.data.tokenizer import SentencePieceTokenizer  # noqa: E402
-from megatron_rw.loss import LM_LOSS, reweighted_loss_func  # noqa: E402
+from megatron_rw.loss import LM_LOSS, checked_loss_func  # noqa: E402
 from megatron_rw.schedule import temperature_at  # noqa: E402
 from megatron_rw.telemetry import DOMAIN_LOSS, DOMAIN_WEIGHT, SampleTelemetry  # noqa: E402
 from megatron_rw.training import checkpoint  # noqa: E402
@@ -137,7 +137,7 @@ def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iter
     if telemetry is not None and telemetry.domain_names and "dataset_id" in raw:
         telemetry = dataclasses.replace(
             telemetry, domain_ids=raw["dataset_id"].cuda(non_blocking=True))
-    return output, partial(reweighted_loss_func, batch["loss_mask"], config=rw_config,
+    return output, partial(checked_loss_func, batch["loss_mask"], config=rw_config,
                            iteration=iteration, telemetry=telemetry)
 
 
@@ -185,7 +185,7 @@ class Trainer:
     def evaluate(self):
         """Unweighted lm loss on the same first --eval-iters global batches of every valid set."""
         self.model.eval()
-        uniform = ReweightConfig()
+        uniform = ReweightConfig(skip_nonfinite=self.rw_config.skip_nonfinite)
         results = {}
         with torch.no_grad():
             for name, ds in self.valid_ds.items():

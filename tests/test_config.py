@@ -7,7 +7,7 @@ from megatron_rw import ReweightConfig, add_sample_reweight_args
 EXPECTED_FLAGS = {
     "--sample-reweight-strategy", "--sample-reweight-r", "--sample-reweight-warmup-iters",
     "--sample-reweight-schedule", "--sample-reweight-r-start", "--sample-reweight-anneal-iters",
-    "--sample-reweight-delta",
+    "--sample-reweight-delta", "--sample-reweight-skip-nonfinite",
 }
 
 
@@ -34,9 +34,9 @@ def test_from_args_round_trip():
         "--sample-reweight-strategy", "linupper", "--sample-reweight-r", "0.4",
         "--sample-reweight-warmup-iters", "2000", "--sample-reweight-schedule", "geometric",
         "--sample-reweight-r-start", "50", "--sample-reweight-anneal-iters", "500",
-        "--sample-reweight-delta", "2"))
+        "--sample-reweight-delta", "2", "--sample-reweight-skip-nonfinite"))
     assert cfg == ReweightConfig(strategy="linupper", r=0.4, warmup_iters=2000, schedule="geometric",
-                                 r_start=50.0, anneal_iters=500, delta=2.0)
+                                 r_start=50.0, anneal_iters=500, delta=2.0, skip_nonfinite=True)
 
 
 def test_usable_as_extra_args_provider():

@@ -98,3 +98,30 @@ def test_plot_run_summarises_a_run(corpus, tmp_path):
     assert "val loss @1" in plot and "val loss @3" in plot
     assert len(table["alpha"]) == 4 and len(table["all"]) == 2  # val, val, train loss, weight
     assert (out / "run.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
+    """MEGATRON_LM=checkout: the checkout's own pretrain_gpt.py through the patch, on CPU with
+    the CPU runtime and gloo, from the same config and prepared corpus."""
+    from tests.test_megatron_lm import CHECKOUTS, HOW, NEEDS_312, prepared_copy
+
+    usable = [n for n in sorted(CHECKOUTS, reverse=True)
+              if not (n in NEEDS_312 and sys.version_info < (3, 12))]
+    if not usable:
+        pytest.skip(HOW)
+    checkout = prepared_copy(CHECKOUTS[usable[0]], str(tmp_path / "checkout"))
+    out = tmp_path / "run"
+    proc = launch(SHRINK, DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2",
+                  MEGATRON_LM=checkout)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert f"cpu/gloo, config tiny_cpu, output {out}, trainer Megatron-LM {checkout}" in log
+    lines = [l for l in log.splitlines() if " iteration " in l and "consumed samples" in l]
+    assert len(lines) == 3, log[-3000:]
+    assert "validation loss at iteration 3" in log
+    assert all("weighted lm loss" in l and "sample weight ess" in l for l in lines)
+    assert "sample weight ess: 1.000000E+00" in lines[0]  # the 1-step burn-in
+    assert "sample weight ess: 1.000000E+00" not in lines[2]
+    assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert any((out / "tensorboard").iterdir())

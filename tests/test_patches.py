@@ -155,9 +155,13 @@ def test_main_block_gets_megatron_arguments_with_reweighting(tmp_path, shape):
             else:
                 assert same(got[key], want[key]), (name, key)
     # The wrapped forward_step returns the reweighted loss, configured from the parsed flags.
-    output, loss_fn = module.CALLS[-1][1]["forward_step_func"](iter([]), "MODEL")
-    assert output == "OUT" and loss_fn.func is reweighted_loss_func
-    assert loss_fn.args == (module.MASK,)
+    output, checked = module.CALLS[-1][1]["forward_step_func"](iter([]), "MODEL")
+    assert output == "OUT" and checked.func is rw.megatron_checked_loss
+    assert checked.keywords["megatron_loss"].func is module.loss_func
+    assert checked.keywords["skip_nonfinite"] is False
+    loss_fn = checked.keywords["reweighted"]
+    assert loss_fn.func is reweighted_loss_func
+    assert checked.args == loss_fn.args == (module.MASK,)
     assert loss_fn.keywords == dict(config=ReweightConfig(strategy="linupper"), iteration=7,
                                     contract="token_sum")
     # The module is left as it was: it can be imported or run again.
@@ -209,7 +213,8 @@ def test_wrapped_forward_step_passes_through_and_builds_config_once():
     first = wrapped("D", "M")
     second = wrapped("D", "M", return_schedule_plan=True)
     assert calls == [("D", "M", False), ("D", "M", True)] and configs == [1]
-    for (output, loss_fn), iteration in zip((first, second), (3, 4)):
+    for (output, checked), iteration in zip((first, second), (3, 4)):
+        loss_fn = checked.keywords["reweighted"]
         assert output == "OUT" and loss_fn.func is reweighted_loss_func and loss_fn.args[0] is MASK
         assert loss_fn.keywords["iteration"] == iteration
         assert loss_fn.keywords["config"].strategy == "quadratic"
@@ -234,7 +239,7 @@ def test_unexpected_forward_step_result_raises(result, message):
     wrapped = rw.wrap_forward_step(lambda data_iterator, model: result, get_config=ReweightConfig,
                                    get_iteration=lambda: 0, expected_loss_func=megatron_loss_func)
     if message is None:
-        assert wrapped(None, None)[1].func is reweighted_loss_func
+        assert wrapped(None, None)[1].keywords["reweighted"].func is reweighted_loss_func
         return
     with pytest.raises(rw.ContractError, match=message) as error:
         wrapped(None, None)
@@ -299,3 +304,36 @@ def test_real_schedules_dp2(tmp_path):
     losses = result["losses"]
     assert losses["linupper"][0] == losses["baseline"][0]
     assert losses["linupper"][-1] != losses["baseline"][-1]
+
+
+# ---------------------------------------------------------------- Megatron-LM's checks kept
+
+
+def test_megatron_loss_func_checks_the_unweighted_losses():
+    """Megatron-LM's loss_func runs on the unweighted token losses (its checks, its flags) and
+    the reweighted result is returned; with skip_nonfinite it sees the finite samples only."""
+    seen = []
+
+    def megatron_loss(loss_mask, output_tensor, model=None):
+        seen.append(torch.sum(output_tensor.view(-1) * loss_mask.view(-1)))
+        if not torch.isfinite(seen[-1]):
+            raise RuntimeError("found NaN in local forward loss calculation")
+
+    mask = torch.ones(3, 4)
+    mask[2] = 0  # padding: weight 0, never a reason to stop
+    losses = torch.arange(12.0).view(3, 4)
+    reweighted = functools.partial(lambda m, o: ("RESULT", o), mask)
+    for skip in (False, True):
+        checked = functools.partial(rw.megatron_checked_loss, mask, reweighted=reweighted,
+                                    megatron_loss=functools.partial(megatron_loss, mask),
+                                    skip_nonfinite=skip)
+        result, passed = checked(losses)
+        assert result == "RESULT" and passed is losses and seen[-1] == losses[:2].sum()
+    bad = losses.clone()
+    bad[1, 2] = float("nan")
+    stop = functools.partial(rw.megatron_checked_loss, mask, reweighted=reweighted,
+                             megatron_loss=functools.partial(megatron_loss, mask))
+    with pytest.raises(RuntimeError, match="found NaN"):
+        stop(bad)
+    ride = functools.partial(stop.func, mask, **{**stop.keywords, "skip_nonfinite": True})
+    assert ride(bad)[0] == "RESULT" and seen[-1] == losses[0].sum()

@@ -77,11 +77,48 @@ def loss_mask_of(loss_fn: Any, expected_loss_func: Optional[Callable] = None,
         "refusing to train with a loss megatron-rw would not reweight.")
 
 
+def megatron_checked_loss(loss_mask: Optional[torch.Tensor], output_tensor: torch.Tensor, *,
+                          reweighted: Callable, megatron_loss: Callable,
+                          skip_nonfinite: bool = False):
+    """The reweighted loss, validated by Megatron-LM's own ``loss_func``.
+
+    Megatron-LM's ``loss_func`` both computes the loss and runs its checks (the rerun state
+    machine's NaN/Inf check under ``--check-for-nan-in-loss-and-grad``, the spiky-loss check
+    under ``--check-for-spiky-loss``, whatever a later version adds). It is called here on the
+    same quantity it sees unpatched, the unweighted token losses, for those checks alone; its
+    result is dropped. A NaN sample therefore stops a reweighted run exactly as it stops an
+    unweighted one, and the spiky-loss history is the unpatched one. With ``skip_nonfinite``
+    it sees the token losses without the non-finite samples, which the reweighted loss leaves
+    out too, so the run trains on.
+
+    Args:
+        loss_mask: ``[b, s]``, as bound by Megatron-LM's ``forward_step``.
+        output_tensor: ``[b, s]`` per-token losses.
+        reweighted: ``partial(reweighted_loss_func, loss_mask, config=..., iteration=...)``.
+        megatron_loss: Megatron-LM's ``partial(loss_func, loss_mask, model=...)``.
+        skip_nonfinite: ``ReweightConfig.skip_nonfinite``.
+
+    Returns:
+        What ``reweighted(output_tensor)`` returns.
+    """
+    from megatron_rw.nonfinite import without_nonfinite_samples
+
+    # The reweighted loss first: its data-parallel all-gather then runs on every rank before a
+    # check may raise on one of them, the order Megatron-LM's loss_func has (checks last).
+    result = reweighted(output_tensor)
+    with torch.no_grad():  # the checks need no graph; Megatron's own sum is not backpropagated
+        checked = (without_nonfinite_samples(output_tensor, loss_mask) if skip_nonfinite
+                   else output_tensor)
+        megatron_loss(checked)
+    return result
+
+
 def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                       get_iteration: Callable[[], int], *, loss_func: Optional[Callable] = None,
                       expected_loss_func: Optional[Callable] = None,
                       contract: str = "token_sum") -> Callable:
-    """``forward_step`` with its loss partial replaced by the reweighted loss.
+    """``forward_step`` with its loss partial replaced by the reweighted loss, checked by
+    Megatron-LM's own ``loss_func`` (:func:`megatron_checked_loss`).
 
     Args:
         forward_step: Megatron-LM's ``forward_step``; called with whatever the schedule passes
@@ -96,8 +133,10 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         contract: passed to ``loss_func``; ``"token_sum"`` is Megatron-LM's 3-tuple.
 
     Returns:
-        A function returning ``(output, partial(loss_func, loss_mask, config=..., iteration=...,
-        contract=...))``; its signature (``inspect.signature``) is ``forward_step``'s.
+        A function returning ``(output, partial(megatron_checked_loss, loss_mask,
+        reweighted=partial(loss_func, loss_mask, config=..., iteration=..., contract=...),
+        megatron_loss=<Megatron-LM's partial>, skip_nonfinite=...))``; its signature
+        (``inspect.signature``) is ``forward_step``'s.
     """
     if loss_func is None:
         from megatron_rw import reweighted_loss_func as loss_func
@@ -113,8 +152,11 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         loss_mask = loss_mask_of(megatron_loss, expected_loss_func)
         if not config:
             config.append(get_config())
-        return output, functools.partial(loss_func, loss_mask, config=config[0],
-                                         iteration=get_iteration(), contract=contract)
+        reweighted = functools.partial(loss_func, loss_mask, config=config[0],
+                                       iteration=get_iteration(), contract=contract)
+        return output, functools.partial(
+            megatron_checked_loss, loss_mask, reweighted=reweighted, megatron_loss=megatron_loss,
+            skip_nonfinite=getattr(config[0], "skip_nonfinite", False))
 
     return reweighted_forward_step
 

@@ -21,8 +21,10 @@ def torchrun(script: str, nproc: int, args: List[str], env: Optional[Dict[str, s
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", script, *args]
     # The repo first; an existing PYTHONPATH stays (e.g. megatron-core installed with --target).
+    # ``env`` wins over both (a Megatron-LM checkout put first, say).
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, **(env or {}))
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    full_env.update(env or {})
     proc = subprocess.run(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=timeout)
     if proc.returncode != 0:

@@ -1,0 +1,178 @@
+"""The patch against unmodified Megatron-LM checkouts, on CPU/gloo (tests/workers/megatron_lm.py).
+
+Checkouts: ``../shared/megatron-lm/core_v0.16.1`` and ``core_v0.19.0`` next to the repository,
+and any checkout named by ``MEGATRON_LM=/path``. Each is copied to a temporary folder (the dataset
+helpers are built in it; ``shared/`` is read-only in CI) and runs in this interpreter: its own
+``megatron.core`` and ``megatron.training`` come first on ``PYTHONPATH``. Two launches per
+checkout: a run SIGKILLed after its checkpoint, then every other run in one process.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from tests.workers.launch import REPO, torchrun
+
+WORKER = os.path.join(REPO, "tests", "workers", "megatron_lm.py")
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "megatron-lm")
+HOW = ("no Megatron-LM checkout: put the fixtures in ../shared/megatron-lm next to the repository "
+       "or name one with MEGATRON_LM=/path/to/Megatron-LM")
+
+
+def checkouts():
+    found = {}
+    for path in sorted(glob.glob(os.path.join(SHARED, "core_v*"))):
+        found[os.path.basename(path)] = path
+    if os.environ.get("MEGATRON_LM"):
+        found["MEGATRON_LM"] = os.environ["MEGATRON_LM"]
+    return found
+
+
+CHECKOUTS = checkouts()
+NEEDS_312 = {"core_v0.19.0"}  # megatron-core >= 0.17 requires Python >= 3.12
+
+
+def prepared_copy(src: str, dst: str) -> str:
+    """The checkout's files that a run needs, writable, with the dataset helpers built."""
+    os.makedirs(dst)
+    for name in ("pretrain_gpt.py", "gpt_builders.py", "model_provider.py", "megatron"):
+        path = os.path.join(src, name)
+        if os.path.isdir(path):
+            # copyfile, not copy2: the source may be read-only, the copy must not be
+            shutil.copytree(path, os.path.join(dst, name), copy_function=shutil.copyfile)
+        elif os.path.exists(path):
+            shutil.copyfile(path, os.path.join(dst, name))
+    for folder, _, _ in os.walk(dst):
+        os.chmod(folder, 0o755)
+    datasets = os.path.join(dst, "megatron", "core", "datasets")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    # The same helpers.cpp as an installed megatron-core's: its built module will do, and no
+    # compiler or pybind11 is needed (neither is on the CI machines).
+    for site in sys.path:
+        built = os.path.join(site, "megatron", "core", "datasets", "helpers_cpp" + suffix)
+        source = os.path.join(site, "megatron", "core", "datasets", "helpers.cpp")
+        if os.path.isfile(built) and _same(source, os.path.join(datasets, "helpers.cpp")):
+            shutil.copy(built, datasets)
+            return dst
+    proc = subprocess.run(["make", "-C", datasets, f"LIBEXT={suffix}",
+                           f"CPPFLAGS=$(shell {sys.executable} -m pybind11 --includes)"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot build the dataset helpers of {src} (needs pybind11 and a C++ "
+                    f"compiler): {proc.stderr[-300:]}")
+    return dst
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        with open(a, "rb") as f, open(b, "rb") as g:
+            return f.read() == g.read()
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module", params=sorted(CHECKOUTS) or [None])
+def megatron_lm(request, tmp_path_factory):
+    """``(name, result of the main phase, its log, work folder)`` for one checkout."""
+    name = request.param
+    if name is None:
+        pytest.skip(HOW)
+    if name in NEEDS_312 and sys.version_info < (3, 12):
+        pytest.skip(f"{name} needs Python >= 3.12 (megatron-core >= 0.17)")
+    work = tmp_path_factory.mktemp(name)
+    checkout = prepared_copy(CHECKOUTS[name], str(work / "checkout"))
+    env = {"PYTHONPATH": f"{checkout}:{REPO}", "PYTHONWARNINGS": "ignore"}
+    args = ["--checkout", checkout, "--work", str(work)]
+    with pytest.raises(RuntimeError) as killed:
+        torchrun(WORKER, 2, args + ["--phase", "kill"], env=env)
+    missing = re.search(r"ModuleNotFoundError: No module named '[^']+'", str(killed.value))
+    if missing:  # core_v0.16.1's megatron.training also wants six, regex and pydantic
+        pytest.skip(f"{name}'s megatron.training does not import here: {missing.group(0)}")
+    assert "SIGKILL after the checkpoint of iteration 3" in str(killed.value), killed.value
+    log = torchrun(WORKER, 2, args + ["--phase", "main"], env=env)
+    return name, json.loads((work / "main.json").read_text()), log, work
+
+
+@pytest.mark.slow
+@pytest.mark.compat
+@pytest.mark.parametrize("layout", ["dp2", "tp2", "pp2"])
+def test_uniform_is_bitwise_unpatched(megatron_lm, layout):
+    """Every iteration's lm loss and grad norm and the final parameters, dropout 0.1."""
+    name, result, _, _ = megatron_lm
+    runs = result["runs"]
+    assert runs[f"{layout}/unpatched"]["stopped"] is None
+    assert len(runs[f"{layout}/uniform"]["iterations"]) == 6
+    assert result["compare"][f"{layout}: uniform vs unpatched"] == [0, 0], (name, result)
+
+
+@pytest.mark.slow
+@pytest.mark.compat
+def test_resume_after_sigkill_is_bitwise(megatron_lm):
+    name, result, _, _ = megatron_lm
+    resumed = result["runs"]["dp2/resumed"]
+    assert [r["iteration"] for r in resumed["iterations"]] == [4, 5, 6], resumed
+    assert result["compare"]["dp2: resumed vs uninterrupted"] == [0, 0], (name, result)
+
+
+@pytest.mark.slow
+def test_linupper_trains_and_logs_reweighting_keys(megatron_lm):
+    name, result, log, work = megatron_lm
+    run = result["runs"]["dp2/linupper"]
+    assert run["stopped"] is None and len(run["iterations"]) == 6
+    records, params = result["compare"]["dp2: linupper vs unpatched"]
+    assert params > 0  # it trained differently from the baseline ...
+    ess = [r["loss"]["sample weight ess"] for r in run["iterations"]]
+    assert ess[:2] == [1.0, 1.0] and all(e < 1.0 for e in ess[2:])  # ... after the burn-in
+    # Megatron-LM's own iteration lines (other ranks' prints may interleave with a line).
+    lines = [line for line in log.splitlines()
+             if " iteration " in line and "consumed samples" in line]
+    for key in ("weighted lm loss", "sample weight ess", "sample weight max", "sample loss range",
+                "invalid samples"):
+        assert any(key in line for line in lines), key
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(work / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"weighted lm loss", "sample weight ess", "invalid samples"} <= tags, tags
+
+
+@pytest.mark.slow
+def test_nan_sample_stops_like_unpatched_unless_skipped(megatron_lm):
+    name, result, log, _ = megatron_lm
+    runs = result["runs"]
+    for key in ("nan/unpatched", "nan/patched"):
+        assert runs[key]["stopped"] is not None, (key, runs[key])
+        assert len(runs[key]["iterations"]) == 2, runs[key]  # stopped in iteration 3
+    assert runs["nan/patched"]["stopped"] == runs["nan/unpatched"]["stopped"]
+    assert log.count("found NaN in local forward loss calculation") >= 2
+    skip = runs["nan/patched-skip"]
+    assert skip["stopped"] is None and len(skip["iterations"]) == 6
+    invalid = [r["loss"]["invalid samples"] for r in skip["iterations"]]
+    assert invalid[2] > 0 and invalid[:2] == [0.0, 0.0] and invalid[3:] == [0.0] * 3
+
+
+def iteration_ms(run):
+    """Median wall time between Megatron-LM's training_log calls (iterations 2-6), in ms."""
+    times = [r["time"] for r in run["iterations"]]
+    steps = sorted(b - a for a, b in zip(times, times[1:]))
+    return 1000 * steps[len(steps) // 2]
+
+
+@pytest.mark.slow
+def test_report_time_per_iteration(megatron_lm):
+    """Not a check: prints patched/unpatched ms per iteration (runs alternate A B per layout)."""
+    name, result, _, _ = megatron_lm
+    for layout in ("dp2", "tp2", "pp2"):
+        a = iteration_ms(result["runs"][f"{layout}/unpatched"])
+        b = iteration_ms(result["runs"][f"{layout}/uniform"])
+        print(f"{name} {layout}: unpatched {a:.1f} ms, patched uniform {b:.1f} ms, "
+              f"ratio {b / a:.3f}")

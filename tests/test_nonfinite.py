@@ -1,0 +1,48 @@
+"""Non-finite samples: Megatron's NaN/Inf decision by default, weight 0 only when opted in."""
+
+import pytest
+import torch
+
+from megatron_rw import ReweightConfig
+from megatron_rw.loss import STAT_KEYS, checked_loss_func
+from megatron_rw.nonfinite import check_finite_loss, without_nonfinite_samples
+
+
+def _batch():
+    losses = torch.arange(1.0, 17.0).view(4, 4)
+    mask = torch.ones(4, 4)
+    mask[3] = 0  # an all-masked padding sample
+    return losses, mask
+
+
+def test_without_nonfinite_samples_zeroes_whole_samples():
+    losses, mask = _batch()
+    losses[1, 2] = float("nan")
+    losses[2, 0] = float("inf")
+    kept = without_nonfinite_samples(losses, mask)
+    assert torch.equal(kept[0], losses[0]) and torch.equal(kept[3], losses[3])
+    assert torch.equal(kept[1:3], torch.zeros(2, 4))
+
+
+@pytest.mark.parametrize("value, what", [(float("nan"), "NaN"), (float("inf"), "Inf")])
+def test_check_finite_loss_raises_megatrons_message(value, what):
+    check_finite_loss(torch.tensor(3.0))
+    with pytest.raises(RuntimeError, match=f"found {what} in local forward loss calculation"):
+        check_finite_loss(torch.tensor(value))
+
+
+def test_entry_point_loss_stops_by_default_and_rides_through_when_asked():
+    losses, mask = _batch()
+    checked_loss_func(mask, losses, config=ReweightConfig(), iteration=0)  # padding: no stop
+    losses[1, 2] = float("nan")
+    with pytest.raises(RuntimeError, match="found NaN"):
+        checked_loss_func(mask, losses, config=ReweightConfig(), iteration=0)
+    loss, tokens, report = checked_loss_func(
+        mask, losses, config=ReweightConfig(skip_nonfinite=True), iteration=0)
+    assert torch.isfinite(loss) and tokens.item() == 8  # samples 0 and 2
+    assert report[STAT_KEYS["invalid"]][0].item() == 2  # the NaN sample and the padding
+
+
+def test_skip_nonfinite_must_be_a_bool():
+    with pytest.raises(ValueError, match="--sample-reweight-skip-nonfinite"):
+        ReweightConfig(skip_nonfinite="yes")

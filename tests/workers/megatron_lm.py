@@ -1,0 +1,255 @@
+"""Worker for tests/test_megatron_lm.py: an unmodified Megatron-LM checkout on CPU/gloo.
+
+    torchrun --nproc-per-node 2 tests/workers/megatron_lm.py --checkout DIR --work DIR --phase P
+
+The checkout (first on PYTHONPATH) brings its own ``megatron.core`` and ``megatron.training``.
+Several ``pretrain`` runs share one launch (Megatron-LM's start-up costs ~15 s of imports on 2
+cores); ``destroy_global_state()``, Megatron-LM's own, separates them. Each run records, per
+iteration, the ``loss_dict`` and grad norm handed to ``training_log`` and, at the end, every
+parameter of this rank.
+
+Phases:
+- ``kill``: the patched uniform DP2 run, SIGKILLed right after its checkpoint at iteration
+  ``SAVE_AT`` (every rank, after a barrier, so the checkpoint is complete and nothing else is);
+- ``main``: for DP2, TP2 and PP2 the unpatched ``pretrain_gpt.py`` and the patch with
+  ``uniform``; ``--load`` of the killed run's checkpoint; linupper with TensorBoard; NaN written
+  into one sample's token losses at iteration ``NAN_AT``: patched with
+  ``--sample-reweight-skip-nonfinite``, then unpatched and patched without it (these stop).
+Writes ``WORK/<phase>.json`` (rank 0): per run the records and the bitwise comparisons, the
+mismatches summed over ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import importlib.util
+import inspect
+import json
+import os
+import runpy
+import signal
+import sys
+import time
+import traceback
+import warnings
+
+warnings.filterwarnings("ignore")
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PATCH = os.path.join(REPO, "patches", "megatron_lm", "pretrain_gpt_rw.py")
+
+from megatron_rw.megatron_lm_cpu import CPU_FLAGS, enable_megatron_lm_cpu  # noqa: E402
+
+enable_megatron_lm_cpu()
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from megatron.core.models.common.language_module.language_module import (  # noqa: E402
+    LanguageModule)
+from megatron.training import get_args, training  # noqa: E402
+
+ITERS, SAVE_AT, NAN_AT = 6, 3, 3  # NAN_AT > 1: Megatron validates from the second step on
+MODEL = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+         "--seq-length", "64", "--max-position-embeddings", "64",
+         "--hidden-dropout", "0.1", "--attention-dropout", "0.1"]
+TRAIN = ["--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(ITERS),
+         "--lr", "1e-3", "--lr-warmup-iters", "1", "--log-interval", "1", "--seed", "1234",
+         "--eval-iters", "0", "--eval-interval", "1000",
+         "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "500"]
+LAYOUTS = {"dp2": [], "tp2": ["--tensor-model-parallel-size", "2"],
+           "pp2": ["--pipeline-model-parallel-size", "2"]}
+UNIFORM = ["--sample-reweight-strategy", "uniform"]
+LINUPPER = ["--sample-reweight-strategy", "linupper", "--sample-reweight-r", "0.4",
+            "--sample-reweight-warmup-iters", "2"]
+
+RECORD = {"iterations": [], "model": None}
+INJECT = {"on": False}
+
+
+def _record_training_log(original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def training_log(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs).arguments
+        grad_norm = bound.get("grad_norm")
+        RECORD["iterations"].append({
+            "iteration": int(bound["iteration"]),
+            "loss": {k: float(v) for k, v in bound["loss_dict"].items()},
+            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "time": time.perf_counter()})
+        return original(*args, **kwargs)
+
+    return training_log
+
+
+def _keep_model(original):
+    @functools.wraps(original)
+    def setup_model_and_optimizer(*args, **kwargs):
+        result = original(*args, **kwargs)
+        RECORD["model"] = result[0]
+        return result
+
+    return setup_model_and_optimizer
+
+
+def _inject_nan(original):
+    @functools.wraps(original)
+    def compute_language_model_loss(self, labels, logits):
+        loss = original(self, labels, logits)
+        from megatron.core import parallel_state as ps
+
+        if (INJECT["on"] and get_args().curr_iteration == NAN_AT - 1
+                and ps.get_data_parallel_rank(with_context_parallel=False) == 0):
+            row = torch.zeros_like(loss, dtype=torch.bool)
+            row[0] = True  # [b, s]: the first sample of every micro-batch of this rank
+            loss = torch.where(row, torch.full_like(loss, float("nan")), loss)
+        return loss
+
+    return compute_language_model_loss
+
+
+training.training_log = _record_training_log(training.training_log)
+training.setup_model_and_optimizer = _keep_model(training.setup_model_and_optimizer)
+LanguageModule.compute_language_model_loss = _inject_nan(
+    LanguageModule.compute_language_model_loss)
+
+
+def _kill_after_save(original, at):
+    @functools.wraps(original)
+    def save_checkpoint(iteration, *args, **kwargs):
+        result = original(iteration, *args, **kwargs)
+        if iteration == at:
+            dist.barrier()
+            print(f"rank {dist.get_rank()}: SIGKILL after the checkpoint of iteration {iteration}",
+                  flush=True)
+            # The whole rank dies, as with a lost node: the checkpoint writer's helper processes
+            # first (orphaned, they would keep the launcher's stdout open), then the rank.
+            import psutil
+
+            for child in psutil.Process().children(recursive=True):
+                child.kill()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    return save_checkpoint
+
+
+def _load_patch():
+    spec = importlib.util.spec_from_file_location("pretrain_gpt_rw", PATCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(checkout, flags, patched, nan=False):
+    """One ``pretrain``; returns its records and this rank's parameters (None if it stopped)."""
+    script = os.path.join(checkout, "pretrain_gpt.py")
+    sys.argv = [PATCH if patched else script, *MODEL, *TRAIN, *CPU_FLAGS, *flags]
+    RECORD.update(iterations=[], model=None)
+    INJECT["on"] = nan
+    outcome = {"stopped": None}
+    started = time.perf_counter()
+    try:
+        if patched:
+            _load_patch().main()
+        else:
+            runpy.run_path(script, run_name="__main__")
+    except (SystemExit, Exception) as e:  # noqa: BLE001  (what stopped the run is the result)
+        outcome["stopped"] = f"{type(e).__name__}: {e}"[:500]
+        if not isinstance(e, SystemExit):
+            traceback.print_exc()
+    outcome["seconds"] = time.perf_counter() - started
+    outcome["iterations"] = RECORD["iterations"]
+    params = None
+    if RECORD["model"] is not None and outcome["stopped"] is None:
+        params = [p.detach().clone() for chunk in RECORD["model"] for p in chunk.parameters()]
+    training.destroy_global_state()
+    return outcome, params
+
+
+def mismatches(a, b, pa, pb):
+    """Differing (iteration, lm loss, grad norm) records and differing parameters."""
+    def key(r):
+        return r["iteration"], r["loss"].get("lm loss"), r["grad_norm"]
+
+    records = sum(key(x) != key(y) for x, y in zip(a["iterations"], b["iterations"]))
+    records += abs(len(a["iterations"]) - len(b["iterations"]))
+    params = -1 if pa is None or pb is None else sum(
+        not torch.equal(x, y) for x, y in zip(pa, pb)) + abs(len(pa) - len(pb))
+    return [records, params]
+
+
+def summed(counts):
+    t = torch.tensor(counts, dtype=torch.int64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def phase_kill(checkout, work):
+    training.save_checkpoint = _kill_after_save(training.save_checkpoint, SAVE_AT)
+    run(checkout, [*UNIFORM, "--save", os.path.join(work, "ckpt"), "--save-interval",
+                   str(SAVE_AT)], patched=True)
+    raise SystemExit("the run was not killed after its checkpoint")
+
+
+def phase_main(checkout, work, layouts):
+    result = {"runs": {}, "compare": {}}
+    params = {}
+
+    def keep(name, flags, patched, nan=False):
+        outcome, p = run(checkout, flags, patched, nan)
+        result["runs"][name] = outcome
+        params[name] = p
+
+    for layout in layouts:
+        keep(f"{layout}/unpatched", LAYOUTS[layout], False)
+        keep(f"{layout}/uniform", LAYOUTS[layout] + UNIFORM, True)
+        result["compare"][f"{layout}: uniform vs unpatched"] = summed(mismatches(
+            result["runs"][f"{layout}/uniform"], result["runs"][f"{layout}/unpatched"],
+            params[f"{layout}/uniform"], params[f"{layout}/unpatched"]))
+    # Resume: the killed run's checkpoint, then the remaining steps; the same flags (save
+    # included: saving does not change the numerics) as the uninterrupted dp2/uniform run.
+    ckpt = os.path.join(work, "ckpt")
+    keep("dp2/resumed", [*UNIFORM, "--load", ckpt, "--save", os.path.join(work, "ckpt2"),
+                         "--save-interval", str(SAVE_AT)], True)
+    full = dict(result["runs"]["dp2/uniform"])
+    full["iterations"] = [r for r in full["iterations"] if r["iteration"] > SAVE_AT]
+    result["compare"]["dp2: resumed vs uninterrupted"] = summed(mismatches(
+        result["runs"]["dp2/resumed"], full, params["dp2/resumed"], params["dp2/uniform"]))
+    keep("dp2/linupper", [*LINUPPER, "--tensorboard-dir", os.path.join(work, "tensorboard")],
+         True)
+    result["compare"]["dp2: linupper vs unpatched"] = summed(mismatches(
+        result["runs"]["dp2/linupper"], result["runs"]["dp2/unpatched"],
+        params["dp2/linupper"], params["dp2/unpatched"]))
+    keep("nan/patched-skip", [*UNIFORM, "--sample-reweight-skip-nonfinite"], True, nan=True)
+    # Megatron's rerun machinery saves a checkpoint before it stops the run: give it a place.
+    for name, flags, patched in (("nan/unpatched", [], False), ("nan/patched", UNIFORM, True)):
+        keep(name, [*flags, "--save", os.path.join(work, name.replace("/", "-")),
+                    "--save-interval", "1000"], patched,
+             nan=True)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--checkout", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--phase", choices=("kill", "main"), required=True)
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    a = parser.parse_args()
+    if a.phase == "kill":
+        phase_kill(a.checkout, a.work)
+    result = phase_main(a.checkout, a.work, a.layouts.split(","))
+    if dist.get_rank() == 0:
+        with open(os.path.join(a.work, "main.json"), "w") as f:
+            json.dump(result, f, indent=1)
+    dist.barrier()
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())
