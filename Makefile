@@ -24,6 +24,9 @@ COMPAT_MCORE  ?= 0.16.1
 # Everything but torch and megatron-core: the suite, the demo's plots, and what
 # megatron.training needs (yaml; psutil for --save) when a Megatron-LM checkout is run.
 EXTRAS := sentencepiece==0.2.3 numpy pytest matplotlib==3.10.7 pyyaml psutil tensorboard
+# Only in the primary venv, which runs the Megatron-LM fixtures (tests/test_megatron_lm.py):
+# core_v0.16.1's megatron.training imports six, regex and pydantic.
+MEGATRON_LM_EXTRAS := six regex pydantic
 
 DEMO   ?= runs/demo
 
@@ -41,13 +44,13 @@ define make_venv
 	$(1) -m venv $(4)
 	$(4)/bin/python -m pip install -q --upgrade pip
 	$(4)/bin/python -m pip install -q torch==$(5)
-	$(4)/bin/python -m pip install -q megatron-core==$(6) $(EXTRAS)
+	$(4)/bin/python -m pip install -q megatron-core==$(6) $(EXTRAS) $(7)
 	$(4)/bin/python -m pip install -q --no-deps -e .
 	touch $(4)/.installed
 endef
 
 $(STAMP): pyproject.toml
-	$(call make_venv,$(PYTHON),python3.12,PYTHON,$(VENV),$(TORCH),$(MCORE))
+	$(call make_venv,$(PYTHON),python3.12,PYTHON,$(VENV),$(TORCH),$(MCORE),$(MEGATRON_LM_EXTRAS))
 
 $(COMPAT_STAMP): pyproject.toml
 	$(call make_venv,$(COMPAT_PYTHON),python3.11,COMPAT_PYTHON,$(COMPAT_VENV),$(COMPAT_TORCH),$(COMPAT_MCORE))
