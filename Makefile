@@ -73,13 +73,14 @@ demo: $(STAMP)
 		bash examples/pretrain_gpt_rw.sh --log-sample-weights 2>&1 | tee $(DEMO)/train.log
 	$(PY) examples/plot_run.py $(DEMO)
 
-# Every number in docs/results.md. `bench`: a few minutes. `sweep`: about 70 minutes on 2 cores,
+# Every number in docs/results.md. `bench`: about 15 minutes on 2 cores. `sweep`: about 70 minutes,
 # resumable (finished runs are skipped, an interrupted one continues from its checkpoint).
 bench: $(STAMP)
 	$(PY) -m benchmarks.layout_equivalence
 	$(PY) -m benchmarks.toy_regression
 	$(PY) -m benchmarks.weights_cost
 	$(PY) -m benchmarks.overhead
+	$(PY) -m benchmarks.megatron_lm_overhead
 
 sweep: $(STAMP)
 	$(PY) -m megatron_rw.data.prepare --profile small --out data/small

@@ -158,21 +158,3 @@ def test_nan_sample_stops_like_unpatched_unless_skipped(megatron_lm):
     assert skip["stopped"] is None and len(skip["iterations"]) == 6
     invalid = [r["loss"]["invalid samples"] for r in skip["iterations"]]
     assert invalid[2] > 0 and invalid[:2] == [0.0, 0.0] and invalid[3:] == [0.0] * 3
-
-
-def iteration_ms(run):
-    """Median wall time between Megatron-LM's training_log calls (iterations 2-6), in ms."""
-    times = [r["time"] for r in run["iterations"]]
-    steps = sorted(b - a for a, b in zip(times, times[1:]))
-    return 1000 * steps[len(steps) // 2]
-
-
-@pytest.mark.slow
-def test_report_time_per_iteration(megatron_lm):
-    """Not a check: prints patched/unpatched ms per iteration (runs alternate A B per layout)."""
-    name, result, _, _ = megatron_lm
-    for layout in ("dp2", "tp2", "pp2"):
-        a = iteration_ms(result["runs"][f"{layout}/unpatched"])
-        b = iteration_ms(result["runs"][f"{layout}/uniform"])
-        print(f"{name} {layout}: unpatched {a:.1f} ms, patched uniform {b:.1f} ms, "
-              f"ratio {b / a:.3f}")

@@ -15,8 +15,11 @@ Phases:
   ``uniform``; ``--load`` of the killed run's checkpoint; linupper with TensorBoard; NaN written
   into one sample's token losses at iteration ``NAN_AT``: patched with
   ``--sample-reweight-skip-nonfinite``, then unpatched and patched without it (these stop).
+- ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
+  ``--iters`` iterations, the unpatched ``pretrain_gpt.py`` and the patch with linupper (r = 0.4,
+  no burn-in), alternating A B / B A; each run's median time per iteration.
 Writes ``WORK/<phase>.json`` (rank 0): per run the records and the bitwise comparisons, the
-mismatches summed over ranks.
+mismatches summed over ranks; for ``timing`` the per-run medians.
 """
 
 from __future__ import annotations
@@ -233,18 +236,53 @@ def phase_main(checkout, work, layouts):
     return result
 
 
+def median_step_s(outcome, skip: int = 2) -> float:
+    """Median wall time between consecutive ``training_log`` calls, the first ``skip`` left out
+    (warm-up). The slower rank's value counts, as for a step."""
+    times = [r["time"] for r in outcome["iterations"]][skip:]
+    steps = sorted(b - a for a, b in zip(times, times[1:]))
+    t = torch.tensor([steps[len(steps) // 2]], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def phase_timing(checkout, layouts, pairs: int, iters: int):
+    reweighted = ["--sample-reweight-strategy", "linupper", "--sample-reweight-r", "0.4",
+                  "--sample-reweight-warmup-iters", "0"]
+    longer = ["--train-iters", str(iters)]  # Megatron's parser keeps the last value
+    result = {}
+    for layout in layouts:
+        samples = {"unpatched": [], "patched": []}
+        for pair in range(pairs):
+            order = ("unpatched", "patched") if pair % 2 == 0 else ("patched", "unpatched")
+            for variant in order:
+                patched = variant == "patched"
+                flags = LAYOUTS[layout] + longer + (reweighted if patched else [])
+                outcome, _ = run(checkout, flags, patched)
+                if outcome["stopped"]:
+                    raise SystemExit(f"{layout}/{variant} stopped: {outcome['stopped']}")
+                samples[variant].append(median_step_s(outcome))
+        result[layout] = samples
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkout", required=True)
     parser.add_argument("--work", required=True)
-    parser.add_argument("--phase", choices=("kill", "main"), required=True)
+    parser.add_argument("--phase", choices=("kill", "main", "timing"), required=True)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--pairs", type=int, default=4, help="timing: pairs of runs per layout")
+    parser.add_argument("--iters", type=int, default=15, help="timing: iterations per run")
     a = parser.parse_args()
     if a.phase == "kill":
         phase_kill(a.checkout, a.work)
-    result = phase_main(a.checkout, a.work, a.layouts.split(","))
+    if a.phase == "timing":
+        result = phase_timing(a.checkout, a.layouts.split(","), a.pairs, a.iters)
+    else:
+        result = phase_main(a.checkout, a.work, a.layouts.split(","))
     if dist.get_rank() == 0:
-        with open(os.path.join(a.work, "main.json"), "w") as f:
+        with open(os.path.join(a.work, f"{a.phase}.json"), "w") as f:
             json.dump(result, f, indent=1)
     dist.barrier()
     return 0
