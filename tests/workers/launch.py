@@ -19,9 +19,10 @@ def torchrun(script: str, nproc: int, args: List[str], env: Optional[Dict[str, s
              timeout: float = 1800) -> str:
     """Run ``script`` under torchrun on one "node"; returns the combined log, raises with it on failure.
 
-    The timeout is generous on purpose: the test machines' memory reclaim sometimes stalls every
-    process for minutes (load averages over 300 measured), and the 2-process equivalence launch,
-    ~5 min on a busy machine, once ran past 10 min that way. A real hang still ends the job.
+    The timeout is generous on purpose: the test machines sometimes stall every process for
+    minutes (load averages over 300 measured, from outside the project), and the 2-process
+    equivalence launch, ~5 min on a busy machine, once ran past 10 min that way. A real hang
+    still ends the job.
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", script, *args]
