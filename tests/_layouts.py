@@ -82,6 +82,7 @@ def parse_layout(text: str) -> Layout:
 def init_parallel(layout: Layout, seed: int = 1234) -> None:
     """(Re)initialise Megatron's process groups and RNG tracker for `layout`."""
     ps.destroy_model_parallel()
+    _destroy_subgroups()
     ps.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,
@@ -90,6 +91,21 @@ def init_parallel(layout: Layout, seed: int = 1234) -> None:
     )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
+
+
+def _destroy_subgroups() -> None:
+    """Destroy every process group but the default one.
+
+    ``destroy_model_parallel()`` only drops Megatron's references: the groups themselves (gloo:
+    threads of their own) live on. The workers re-initialise for every layout and contract, ~45
+    times per launch, which left ~2,500 threads per process on megatron-core 0.19.
+    """
+    from torch.distributed import distributed_c10d as c10d
+
+    default = c10d._get_default_group()
+    for group in list(c10d._world.pg_map):
+        if group is not default:
+            dist.destroy_process_group(group)
 
 
 def model_config(layout: Layout, **overrides) -> TransformerConfig:

@@ -19,10 +19,9 @@ def torchrun(script: str, nproc: int, args: List[str], env: Optional[Dict[str, s
              timeout: float = 1800) -> str:
     """Run ``script`` under torchrun on one "node"; returns the combined log, raises with it on failure.
 
-    The timeout is generous on purpose: the 2-process equivalence launch, ~5 min on a busy
-    2-core machine, once ran past 10 min. Its workers re-initialise Megatron's parallel state for
-    every layout, and the gloo groups of earlier layouts are never destroyed: ~2,500 threads per
-    process on megatron-core 0.19 (load averages over 300). A real hang still ends the job.
+    The timeout is generous on purpose: the 2-process equivalence launch once ran past 10 min
+    on a 2-core machine, when its workers still leaked the gloo groups of every layout (~2,500
+    threads per process; tests/_layouts.py now destroys them). A real hang still ends the job.
     """
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", script, *args]
