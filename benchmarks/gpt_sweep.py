@@ -92,10 +92,11 @@ def missing_data(data: dict, corpora) -> List[str]:
     return errors
 
 
-def run_one(run: Run, runs_dir: str, data: dict, python: str) -> float:
+def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> float:
     """Train ``run`` (launcher + its config + its flags) into ``runs_dir/<name>``; returns seconds.
 
-    Output is appended to ``train.log``; a run interrupted before resumes from its checkpoint."""
+    Output is appended to ``train.log`` (and each line passed to ``on_line``, if given); a run
+    interrupted before resumes from its checkpoint."""
     out = os.path.join(runs_dir, run.name)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
@@ -106,6 +107,8 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str) -> float:
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
+            if on_line is not None:
+                on_line(line)
             if "validation loss at iteration" in line:  # progress: one line per evaluation
                 print(f"    {line.strip()[:110]}", flush=True)
         if proc.wait():

@@ -243,14 +243,16 @@ def _steps(x: Optional[float]) -> str:
     return "n.r." if x is None else f"{x:.0f}"
 
 
-def print_summary(report: dict) -> None:
-    """The tables a reader needs: finals vs uniform, per-domain differences, weights."""
+def print_summary(report: dict, width: int = 22, last: str = str(gpt_sweep.ITERS)) -> None:
+    """The tables a reader needs: finals vs uniform, per-domain differences, weights.
+
+    ``width``: of the variant column; ``last``: how the header names the final iteration."""
     variants = report["variants"]
     print(f"runs used: {len(report['runs_used'])}; unfinished: "
           f"{', '.join(report['unfinished']) or 'none'}; missing: {len(report['missing'])}")
-    print(f"\nvalid/all lm loss at iteration {gpt_sweep.ITERS} (median [min, max] over seeds); "
+    print(f"\nvalid/all lm loss at iteration {last} (median [min, max] over seeds); "
           f"diff = variant - uniform, paired by seed; verdict: see gpt_sweep.json definitions")
-    print(f"{'variant':22s} {'n':>2s} {'valid/all':>25s} {'diff vs uniform':>26s} "
+    print(f"{'variant':{width}s} {'n':>2s} {'valid/all':>25s} {'diff vs uniform':>26s} "
           f"{'verdict':>17s} {'mean-of-domains':>17s}  steps to uniform's final: median, per seed")
     for v, s in variants.items():
         f, d = s["final"]["all"], s.get("vs_uniform", {})
@@ -259,21 +261,21 @@ def print_summary(report: dict) -> None:
         st = s.get("steps_to_target")  # absent when the group has no finished uniform run
         steps = (f"{_steps(st['median'])} ({' '.join(map(_steps, st['per_seed'].values()))})"
                  if st else "")
-        print(f"{v:22s} {f['n']:2d} {f['median']:8.4f} [{f['min']:.4f}, {f['max']:.4f}] "
+        print(f"{v:{width}s} {f['n']:2d} {f['median']:8.4f} [{f['min']:.4f}, {f['max']:.4f}] "
               f"{diff:>26s} {d.get('all', {}).get('verdict', ''):>17s} "
               f"{d.get(MEAN_DOMAINS, {}).get('verdict', ''):>17s}  {steps}")
-    print(f"\nper-domain validation loss diff vs uniform at {gpt_sweep.ITERS} (median over seeds;"
+    print(f"\nper-domain validation loss diff vs uniform at {last} (median over seeds;"
           " * = beyond seed noise)")
     for group in sorted({s["group"] for s in variants.values()}):
         rows = {v: s for v, s in variants.items() if s["group"] == group and "vs_uniform" in s}
         if not rows:
             continue
         keys = [k for k in next(iter(rows.values()))["vs_uniform"] if k != "all"]
-        print(f"{group:22s} " + " ".join(f"{k.replace('mean of domains', 'mean')[:9]:>10s}"
+        print(f"{group:{width}s} " + " ".join(f"{k.replace('mean of domains', 'mean')[:9]:>10s}"
                                          for k in keys))
         for v, s in rows.items():
             cells = [s["vs_uniform"][k] for k in keys]
-            print(f"{v:22s} " + " ".join(
+            print(f"{v:{width}s} " + " ".join(
                 f"{c['median']:+9.4f}{'*' if c['verdict'] in ('lower', 'higher') else ' '}"
                 if c.get("n") else f"{'-':>10s}" for c in cells))
     print("\nmean sample weight per domain after burn-in (median over seeds; 1 = uniform); "
@@ -284,7 +286,7 @@ def print_summary(report: dict) -> None:
             f" [{w['mass'][d]:.3f}/{w['share'][d]:.3f}]"
             if d in ("duplicated", "random") and w["mass"].get(d) is not None else "")
             for d in w["mean"]]
-        print(f"{v:22s} " + " ".join(cells))
+        print(f"{v:{width}s} " + " ".join(cells))
 
 
 def build(runs_dir: str) -> dict:
