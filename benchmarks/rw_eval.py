@@ -1,0 +1,307 @@
+"""Issue 11's evaluation: every new reweighting feature against uniform, resumable across sessions.
+
+    python -m benchmarks.rw_eval --list                # plan, status, estimated hours per group
+    nice -n 10 python -m benchmarks.rw_eval --commit   # run what is left; commit results as it goes
+    python -m benchmarks.rw_eval_report                # only regenerate results/rw_eval*.{json,png}
+
+Every run is ``examples/pretrain_gpt_rw.sh`` (DP 2 on 2 CPU processes) through
+``benchmarks.gpt_sweep.run_one``, into ``runs/rw_eval/<group>-<variant>-s<seed>``. Groups:
+
+- ``clean``/``noisy`` (tiny_cpu, seq 128, ``data/small`` / ``data/small_noisy``): uniform,
+  linupper r 1.0, target ESS 0.9 and 0.7 (linupper), robust r 1.0, and ``robust-best``.
+- ``clean1024``/``noisy1024``: document units. At seq 128 a row holds 1.23 documents on average
+  (results/docs_per_row.json: books, code, reference, tech docs average ~2,000-2,700 tokens), so
+  ``document`` would equal ``sample`` for 82 % of rows. At seq 1024 the blend averages 2.86 (55 % of
+  rows hold >= 2). Same token budget and steps as the seq-128 groups: 4 rows x 1024 = 32 x 128
+  tokens per step, 400 steps; uniform and sample units at the same length are the comparison.
+- ``scale`` (small_cpu: 3.99x tiny_cpu's parameters, 2 seeds, longer): uniform, linupper r 1.0,
+  and ``best``; the report sets its gap to uniform beside tiny_cpu's (clean group, same flags).
+
+Seed-major: all of seed 1234 before seed 2345, so a partial evaluation still compares every
+variant. ``robust-best`` and ``best`` wait for flags chosen from the first results: set
+``COMBO_FLAGS``/``BEST_FLAGS`` below (and commit), or pass ``--combo-flags``/``--best-flags``
+(a quoted flag string). Until then, and while this checkout's trainer refuses a variant's flags
+(a feature not merged yet), those runs are listed as blocked and skipped; the rest go on.
+
+Resuming (the evaluation spans sessions): run the same command again. A run whose checkpoint
+tracker is at its last iteration is done; an interrupted one continues from its last checkpoint
+(``--save-interval`` 100), bit for bit. Each run directory keeps ``run.json`` with its flags; a
+run whose recorded flags differ from the plan's is refused (rename or delete its directory).
+With ``--commit``, after each finished run the report is regenerated and only
+``results/rw_eval.json`` and ``results/rw_eval_*.png`` are committed (``git commit -- paths``).
+``--max-runs N`` stops after N runs (to fit a session). Timing estimates come from
+``results/rw_eval_timing.json`` (``python -m benchmarks.rw_eval_timing``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import shlex
+import subprocess
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from benchmarks import gpt_sweep
+
+REPO = gpt_sweep.REPO
+TINY = gpt_sweep.CONFIG
+SMALL = os.path.join(REPO, "examples", "configs", "small_cpu.sh")
+SEEDS = gpt_sweep.SEEDS
+RESULTS = ("rw_eval.json", "rw_eval_diffs.png", "rw_eval_noise.png", "rw_eval_scale.png")
+
+# Chosen after the first seed's results (see the module docstring); a tuple of flags, or None.
+COMBO_FLAGS: Optional[Tuple[str, ...]] = None  # robust + the best of ESS target / other knobs
+BEST_FLAGS: Optional[Tuple[str, ...]] = None   # the scale point's third variant
+
+STRATEGY = "--sample-reweight-strategy"
+LINUPPER_R1 = (STRATEGY, "linupper", "--sample-reweight-r", "1.0")
+# The seq-128 groups' variants. --sample-reweight-r is ignored under a target ESS (the config's
+# 0.4 stays on the command line harmlessly); robust at r 1.0 so it pairs with linupper r 1.0.
+MAIN = {
+    "uniform": (STRATEGY, "uniform"),
+    "linupper-r1": LINUPPER_R1,
+    "ess0.9": (STRATEGY, "linupper", "--sample-reweight-target-ess", "0.9"),
+    "ess0.7": (STRATEGY, "linupper", "--sample-reweight-target-ess", "0.7"),
+    "robust-r1": (STRATEGY, "robust", "--sample-reweight-r", "1.0"),
+    "robust-best": "combo",
+}
+DOC = {"uniform": (STRATEGY, "uniform"), "linupper-r1": LINUPPER_R1,
+       "linupper-r1-doc": (*LINUPPER_R1, "--sample-reweight-unit", "document")}
+SCALE = {"uniform": (STRATEGY, "uniform"), "linupper-r1": LINUPPER_R1, "best": "best"}
+# Document groups: 4 x 1024 tokens per step, the seq-128 groups' 32 x 128; one micro-batch of
+# 2 rows per rank, so each softmax sees 4 rows (sample units) or ~11 documents (document units).
+SEQ1024 = ("--seq-length", "1024", "--max-position-embeddings", "1024",
+           "--micro-batch-size", "2", "--global-batch-size", "4")
+SCALE_ITERS = 1200  # 3x tiny's 400 (4.9 M tokens, ~1.5 passes over data/small's 3.3 M)
+SCALE_FLAGS = ("--train-iters", str(SCALE_ITERS), "--lr-warmup-iters", "90", "--eval-interval",
+               "100", "--eval-iters", "4", "--save-interval", "100", "--log-interval", "10",
+               "--sample-reweight-warmup-iters", "120")
+
+# Timing profiles (results/rw_eval_timing.json): the config and the flags that change its cost.
+PROFILES = {"tiny": (TINY, ()), "tiny_seq1024": (TINY, SEQ1024), "small": (SMALL, ())}
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """Runs that share corpus, config and common flags; variants are paired with ``uniform``."""
+
+    name: str
+    corpus: str                  # key of the runner's --clean-data / --noisy-data
+    config: str
+    profile: str                 # key of results/rw_eval_timing.json
+    iters: int
+    flags: Tuple[str, ...]       # after the config's, before the variant's
+    variants: Dict[str, object]  # name -> flags, or "combo"/"best" (chosen later)
+    seeds: Tuple[int, ...] = SEEDS
+
+
+GROUPS = (
+    Group("clean", "clean", TINY, "tiny", gpt_sweep.ITERS, tuple(gpt_sweep.COMMON), MAIN),
+    Group("noisy", "noisy", TINY, "tiny", gpt_sweep.ITERS, tuple(gpt_sweep.COMMON), MAIN),
+    Group("clean1024", "clean", TINY, "tiny_seq1024", gpt_sweep.ITERS,
+          (*gpt_sweep.COMMON, *SEQ1024), DOC),
+    Group("noisy1024", "noisy", TINY, "tiny_seq1024", gpt_sweep.ITERS,
+          (*gpt_sweep.COMMON, *SEQ1024), DOC),
+    Group("scale", "clean", SMALL, "small", SCALE_ITERS, SCALE_FLAGS, SCALE, SEEDS[:2]),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalRun:
+    """One run; ``variant_flags`` is None while its flags are still to be chosen."""
+
+    group: str
+    variant: str
+    seed: int
+    corpus: str
+    config: str
+    profile: str
+    iters: int
+    common: Tuple[str, ...]
+    variant_flags: Optional[Tuple[str, ...]]
+    eval_interval: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.group}-{self.variant}-s{self.seed}"
+
+    def flags(self) -> List[str]:
+        return [*self.common, "--seed", str(self.seed), *(self.variant_flags or ())]
+
+    def record(self) -> dict:
+        """What run.json keeps: enough to recognise the run and to report it without the plan."""
+        return {"name": self.name, "group": self.group, "variant": self.variant,
+                "seed": self.seed, "corpus": self.corpus,
+                "config": os.path.relpath(self.config, REPO), "iters": self.iters,
+                "flags": self.flags(), "variant_flags": list(self.variant_flags or ())}
+
+
+def _flag(flags, name: str, default: int) -> int:
+    """The last value of ``name`` in ``flags`` (argparse keeps the last)."""
+    idx = [i for i, f in enumerate(flags) if f == name]
+    return int(flags[idx[-1] + 1]) if idx else default
+
+
+def smoke_flags(iters: int) -> Tuple[str, ...]:
+    """Overrides for a short proof run: everything (burn-in, evals, a checkpoint) within iters."""
+    return ("--train-iters", str(iters), "--lr-warmup-iters", str(max(iters // 4, 1)),
+            "--eval-interval", str(max(iters // 2, 1)), "--save-interval", str(iters),
+            "--log-interval", str(max(iters // 4, 1)),
+            "--sample-reweight-warmup-iters", str(iters // 4))
+
+
+def plan(combo: Optional[Tuple[str, ...]] = COMBO_FLAGS, best: Optional[Tuple[str, ...]] = BEST_FLAGS,
+         iters: Optional[int] = None) -> List[EvalRun]:
+    """Every run, seed-major; ``iters`` (smoke runs only) shortens every run to that many."""
+    chosen = {"combo": combo, "best": best}
+    runs = []
+    for seed in SEEDS:
+        for g in GROUPS:
+            if seed not in g.seeds:
+                continue
+            common = (*g.flags, *smoke_flags(iters)) if iters else g.flags
+            for variant, flags in g.variants.items():
+                vflags = chosen[flags] if isinstance(flags, str) else flags
+                runs.append(EvalRun(g.name, variant, seed, g.corpus, g.config, g.profile,
+                                    iters or g.iters, common,
+                                    tuple(vflags) if vflags is not None else None,
+                                    _flag(common, "--eval-interval", 50)))
+    return runs
+
+
+@functools.lru_cache(maxsize=None)
+def config_flags(config: str) -> Tuple[str, ...]:
+    """The flags a config contributes, expanded by bash as the launcher does."""
+    script = f'source "{config}"; printf "%s\\n" "${{MODEL_ARGS[@]}}" "${{TRAIN_ARGS[@]}}" "${{REWEIGHT_ARGS[@]}}"'
+    return tuple(subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                                check=True).stdout.splitlines())
+
+
+def refused(run: EvalRun) -> Optional[str]:
+    """Why this checkout's trainer would refuse the run's flags (e.g. a feature not merged yet)."""
+    if run.variant_flags is None:
+        return f"flags not chosen yet (--{'combo' if run.variant == 'robust-best' else 'best'}-flags)"
+    import contextlib
+    import io
+
+    from megatron_rw.training.arguments import parse_args
+    data = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
+            "--tokenizer-model", "x.model", "--save", "x"]  # what the launcher adds
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parse_args([*config_flags(run.config), *run.flags(), *data])
+    except SystemExit:
+        last = (err.getvalue().strip().splitlines() or ["?"])[-1]
+        return "trainer refuses: " + last.split(" error: ", 1)[-1]
+    return None
+
+
+def status(run: EvalRun, runs_dir: str) -> str:
+    """done / partial (iteration) / to do."""
+    out = os.path.join(runs_dir, run.name)
+    if gpt_sweep.finished(out, run.iters):
+        return "done"
+    try:
+        with open(os.path.join(out, "latest_checkpointed_iteration.txt")) as f:
+            return f"partial ({int(f.read())})"
+    except (OSError, ValueError):
+        return "to do"
+
+
+def check_record(run: EvalRun, runs_dir: str) -> Optional[str]:
+    """Write run.json for a new run; for an existing one, say if its flags differ from the plan."""
+    path = os.path.join(runs_dir, run.name, "run.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old.get("flags") != run.flags() or old.get("iters") != run.iters:
+            return f"{path} records other flags: {shlex.join(old.get('flags', []))}"
+        return None
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(run.record(), f, indent=1)
+    return None
+
+
+def commit_results(results_dir: str, message: str, repo: str = REPO) -> bool:
+    """Commit only the evaluation's result files (if changed); other changes stay uncommitted."""
+    paths = [os.path.join(results_dir, n) for n in RESULTS
+             if os.path.exists(os.path.join(results_dir, n))]
+    if not paths:
+        return False
+    subprocess.run(["git", "-C", repo, "add", "--", *paths], check=True)
+    if subprocess.run(["git", "-C", repo, "diff", "--cached", "--quiet", "--", *paths]).returncode == 0:
+        return False
+    subprocess.run(["git", "-C", repo, "commit", "-q", "-m", message, "--", *paths], check=True)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs-dir", default="runs/rw_eval")
+    p.add_argument("--results", default="results", help="directory of rw_eval.json and PNGs")
+    p.add_argument("--clean-data", default="data/small")
+    p.add_argument("--noisy-data", default="data/small_noisy")
+    p.add_argument("--combo-flags", help="robust-best's flags, one quoted string")
+    p.add_argument("--best-flags", help="the scale point's best variant's flags")
+    p.add_argument("--only", nargs="*", help="run names (default: all)")
+    p.add_argument("--group", nargs="*", help="groups (default: all)")
+    p.add_argument("--max-runs", type=int, help="stop after this many runs")
+    p.add_argument("--iters", type=int, help="smoke: shorten every run (use its own --runs-dir)")
+    p.add_argument("--timing", default="results/rw_eval_timing.json")
+    p.add_argument("--commit", action="store_true", help="commit the results after each run")
+    p.add_argument("--list", action="store_true", help="print the plan, status and estimates")
+    a = p.parse_args(argv)
+    combo = tuple(shlex.split(a.combo_flags)) if a.combo_flags else COMBO_FLAGS
+    best = tuple(shlex.split(a.best_flags)) if a.best_flags else BEST_FLAGS
+    runs = [r for r in plan(combo, best, a.iters) if (not a.only or r.name in a.only)
+            and (not a.group or r.group in a.group)]
+    if a.list:
+        from benchmarks.rw_eval_estimate import print_plan
+        print_plan(runs, a.runs_dir, a.timing, refused, status)
+        return 0
+    data = {"clean": a.clean_data, "noisy": a.noisy_data}
+    errors = gpt_sweep.missing_data(data, [r.corpus for r in runs])
+    for error in errors:
+        print(f"rw_eval: error: {error}", file=sys.stderr)
+    if errors:
+        return 1
+    done = 0
+    for k, run in enumerate(runs, 1):
+        tag = f"[{k:2d}/{len(runs)}] {run.name}"
+        if status(run, a.runs_dir) == "done":
+            print(f"{tag}: done", flush=True)
+            continue
+        why = refused(run) or check_record(run, a.runs_dir)
+        if why:
+            print(f"{tag}: blocked: {why}", flush=True)
+            continue
+        if a.max_runs is not None and done >= a.max_runs:
+            print(f"rw_eval: stopping after --max-runs {a.max_runs}")
+            break
+        print(f"{tag}: running ({shlex.join(run.variant_flags)})", flush=True)
+        seconds = gpt_sweep.run_one(run, a.runs_dir, data, sys.executable)
+        done += 1
+        print(f"{tag}: finished in {seconds / 60:.1f} min", flush=True)
+        _report(a, f"rw_eval: {run.name} finished ({k}/{len(runs)} in plan order)")
+    return 0
+
+
+def _report(a, message: str) -> None:
+    """Regenerate the report (and commit it); a report failure must not stop the evaluation."""
+    from benchmarks import rw_eval_report
+    try:
+        rw_eval_report.main(["--runs-dir", a.runs_dir, "--out", a.results, "--quiet"])
+        if a.commit and commit_results(a.results, message):
+            print(f"committed {a.results}/rw_eval*", flush=True)
+    except Exception as e:  # noqa: BLE001 -- logged; the next finished run retries
+        print(f"rw_eval: report/commit failed: {e!r}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
