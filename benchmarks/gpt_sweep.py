@@ -107,6 +107,7 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # so train.log shows a running run's progress
             if on_line is not None:
                 on_line(line)
             if "validation loss at iteration" in line:  # progress: one line per evaluation
