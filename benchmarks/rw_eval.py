@@ -9,13 +9,22 @@ Every run is ``examples/pretrain_gpt_rw.sh`` (DP 2 on 2 CPU processes) through
 
 - ``clean``/``noisy`` (tiny_cpu, seq 128, ``data/small`` / ``data/small_noisy``): uniform,
   linupper r 1.0, target ESS 0.9 and 0.7 (linupper), robust r 1.0, and ``robust-best``.
-- ``clean1024``/``noisy1024``: document units. At seq 128 a row holds 1.23 documents on average
+- ``noisy1024``: document units. At seq 128 a row holds 1.23 documents on average
   (results/docs_per_row.json: books, code, reference, tech docs average ~2,000-2,700 tokens), so
-  ``document`` would equal ``sample`` for 82 % of rows. At seq 1024 the blend averages 2.86 (55 % of
-  rows hold >= 2). Same token budget and steps as the seq-128 groups: 4 rows x 1024 = 32 x 128
-  tokens per step, 400 steps; uniform and sample units at the same length are the comparison.
-- ``scale`` (small_cpu: 3.99x tiny_cpu's parameters, 2 seeds, longer): uniform, linupper r 1.0,
-  and ``best``; the report sets its gap to uniform beside tiny_cpu's (clean group, same flags).
+  ``document`` would equal ``sample`` for 81 % of rows; at 512 the noisy blend averages 1.94, at
+  1024 2.89 (60 % of rows hold >= 2). So seq 1024, with the seq-128 groups' tokens per step (4 rows
+  x 1024 = 32 x 128) for every variant of the comparison: uniform, linupper r 1.0 with sample
+  units and the same with document units. Budget: a seq-1024 iteration costs ~3.4x a seq-128 one
+  here (attention), so this group trains 300 steps (1.2 M tokens), evaluates every 100, and runs
+  on the noisy corpus only (its validation sets are the clean ones; it adds the random and
+  duplicated documents, the case where a row mixes documents of very different value).
+- ``scale`` (small_cpu: 3.99x tiny_cpu's parameters, 2 seeds, 700 steps = 1.75x tiny's tokens):
+  uniform, linupper r 1.0 and ``best``; the report sets its gap to uniform beside tiny_cpu's
+  (clean group, same variant flags, same seeds).
+
+Budget (results/rw_eval_timing.json, 2-core time): ~2.9 h for clean + noisy (36 runs of ~5 min),
+~1.5 h for noisy1024 (9 x ~10 min), ~1.6 h for scale (6 x ~16 min): ~6.0 h (``--list`` prints
+the sums; measured under a load average of ~40, so the wall time then was ~5.5x that).
 
 Seed-major: all of seed 1234 before seed 2345, so a partial evaluation still compares every
 variant. ``robust-best`` and ``best`` wait for flags chosen from the first results: set
@@ -72,14 +81,18 @@ MAIN = {
 DOC = {"uniform": (STRATEGY, "uniform"), "linupper-r1": LINUPPER_R1,
        "linupper-r1-doc": (*LINUPPER_R1, "--sample-reweight-unit", "document")}
 SCALE = {"uniform": (STRATEGY, "uniform"), "linupper-r1": LINUPPER_R1, "best": "best"}
-# Document groups: 4 x 1024 tokens per step, the seq-128 groups' 32 x 128; one micro-batch of
-# 2 rows per rank, so each softmax sees 4 rows (sample units) or ~11 documents (document units).
+# Document group: 4 x 1024 tokens per step, the seq-128 groups' 32 x 128; one micro-batch of
+# 2 rows per rank, so each softmax sees 4 rows (sample units) or ~12 documents (document units).
 SEQ1024 = ("--seq-length", "1024", "--max-position-embeddings", "1024",
            "--micro-batch-size", "2", "--global-batch-size", "4")
-SCALE_ITERS = 1200  # 3x tiny's 400 (4.9 M tokens, ~1.5 passes over data/small's 3.3 M)
-SCALE_FLAGS = ("--train-iters", str(SCALE_ITERS), "--lr-warmup-iters", "90", "--eval-interval",
+DOC_ITERS = 300  # budget (see the module docstring); burn-in and warm-up 10 %, as in the sweep
+DOC_FLAGS = ("--train-iters", str(DOC_ITERS), "--lr-warmup-iters", "30", "--eval-interval", "100",
+             "--eval-iters", "4", "--save-interval", "100", "--log-interval", "10",
+             "--sample-reweight-warmup-iters", "30", *SEQ1024)
+SCALE_ITERS = 700  # 1.75x tiny's 400: 2.9 M tokens, ~0.7 of data/small's 3.9 M training tokens
+SCALE_FLAGS = ("--train-iters", str(SCALE_ITERS), "--lr-warmup-iters", "60", "--eval-interval",
                "100", "--eval-iters", "4", "--save-interval", "100", "--log-interval", "10",
-               "--sample-reweight-warmup-iters", "120")
+               "--sample-reweight-warmup-iters", "70")
 
 # Timing profiles (results/rw_eval_timing.json): the config and the flags that change its cost.
 PROFILES = {"tiny": (TINY, ()), "tiny_seq1024": (TINY, SEQ1024), "small": (SMALL, ())}
@@ -102,10 +115,7 @@ class Group:
 GROUPS = (
     Group("clean", "clean", TINY, "tiny", gpt_sweep.ITERS, tuple(gpt_sweep.COMMON), MAIN),
     Group("noisy", "noisy", TINY, "tiny", gpt_sweep.ITERS, tuple(gpt_sweep.COMMON), MAIN),
-    Group("clean1024", "clean", TINY, "tiny_seq1024", gpt_sweep.ITERS,
-          (*gpt_sweep.COMMON, *SEQ1024), DOC),
-    Group("noisy1024", "noisy", TINY, "tiny_seq1024", gpt_sweep.ITERS,
-          (*gpt_sweep.COMMON, *SEQ1024), DOC),
+    Group("noisy1024", "noisy", TINY, "tiny_seq1024", DOC_ITERS, DOC_FLAGS, DOC),
     Group("scale", "clean", SMALL, "small", SCALE_ITERS, SCALE_FLAGS, SCALE, SEEDS[:2]),
 )
 

@@ -22,8 +22,8 @@ def _value(flags, name):
 def test_plan_is_seed_major_and_complete():
     runs = rw_eval.plan(combo=None, best=None)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 2 * 6 * 3 + 2 * 3 * 3 + 3 * 2
-    first = [r.seed for r in runs[:6 + 6 + 3 + 3 + 3]]
+    assert len(names) == len(set(names)) == 2 * 6 * 3 + 3 * 3 + 3 * 2
+    first = [r.seed for r in runs[:6 + 6 + 3 + 3]]
     assert first == [SEEDS[0]] * len(first)  # every variant of seed 1 comes first
     assert [r.seed for r in runs] == sorted(r.seed for r in runs)
     assert {r.seed for r in runs if r.group == "scale"} == set(SEEDS[:2])
@@ -49,13 +49,16 @@ def test_variant_flags_and_matched_budgets():
     # the document groups' uniform and sample-unit runs differ from the doc run only in the unit
     sample = runs["noisy1024-linupper-r1-s2345"].flags()
     assert doc[:len(sample)] == sample and doc[len(sample):] == ["--sample-reweight-unit", "document"]
-    # same tokens per step and steps as the seq-128 groups: a matched token budget, uniform included
+    # every run of the document comparison (uniform included) has the same token budget, and
+    # the seq-128 groups' tokens per step
     tiny = rw_eval.config_flags(rw_eval.TINY)
-    for name in ("clean-uniform-s1234", "clean1024-uniform-s1234", "noisy1024-uniform-s1234"):
+    for name in ("clean-uniform-s1234", "noisy1024-uniform-s1234", "noisy1024-linupper-r1-s1234",
+                 "noisy1024-linupper-r1-doc-s1234"):
         f = [*tiny, *runs[name].flags()]
         tokens = int(_value(f, "--seq-length")) * int(_value(f, "--global-batch-size"))
-        assert (tokens, _value(f, "--train-iters")) == (32 * 128, "400"), name
-    assert _value([*tiny, *runs["clean1024-uniform-s1234"].flags()], "--seq-length") == "1024"
+        iters = "400" if name.startswith("clean") else str(rw_eval.DOC_ITERS)
+        assert (tokens, _value(f, "--train-iters")) == (32 * 128, iters), name
+    assert _value([*tiny, *runs["noisy1024-uniform-s1234"].flags()], "--seq-length") == "1024"
     # the seq-128 groups keep the existing sweep's settings: uniform's flags are the sweep's
     sweep = gpt_sweep.Run("clean", "uniform", 1.0, 1234).flags()
     assert runs["clean-uniform-s1234"].flags() == sweep[:len(gpt_sweep.COMMON) + 2] + sweep[-4:-2]
