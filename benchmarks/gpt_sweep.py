@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,13 @@ def missing_data(data: dict, corpora) -> List[str]:
     return errors
 
 
+def free_port() -> int:
+    """A TCP port no one listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> float:
     """Train ``run`` (launcher + its config + its flags) into ``runs_dir/<name>``; returns seconds.
 
@@ -99,8 +107,10 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
     interrupted before resumes from its checkpoint."""
     out = os.path.join(runs_dir, run.name)
     os.makedirs(out, exist_ok=True)
+    # A free rendezvous port unless one is set: the launcher's default (6000) is often taken by
+    # another job on a shared machine, and the run would die with EADDRINUSE.
     env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
-               GPUS_PER_NODE="2")
+               GPUS_PER_NODE="2", MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "a") as log:
         proc = subprocess.Popen(["bash", LAUNCHER, *run.flags()], env=env, stdout=subprocess.PIPE,
