@@ -34,13 +34,16 @@ ESS_KEY = "train/sample weight ess"
 SERIES = (rep.R_KEY, ESS_KEY)
 NOISE = ("duplicated", "random")
 DEFINITIONS = {**rep.DEFINITIONS,
-               "steps_to_target": rep.DEFINITIONS["steps_to_target"].split(" (every")[0]
-               + " (each group's --eval-interval); null = not reached",
+               "steps_to_target": rep.DEFINITIONS["steps_to_target"].replace(
+                   f"(every {rep.EVAL_INTERVAL} steps)", "(every --eval-interval steps of the "
+                   "run's group)"),
                "reweight_r": "median over seeds of the median over post-burn-in log intervals of "
                              "train/reweight r (a target ESS chooses it per micro-batch)",
                "weight_ess": "same for train/sample weight ess, (sum w)^2 / (N sum w^2)",
                "noise_share": "weight mass of the duplicated / random training domains (share of "
-                              "the total weight, median over seeds) vs their blend share",
+                              "the total weight, median over seeds) vs their blend share (their "
+                              "share of the rows; with document units a row's domain is its "
+                              "dataset's, so this stays the share of the rows)",
                "scale": "difference to uniform (paired by seed) at small_cpu vs the clean group's "
                         "tiny_cpu variant with the same variant flags, on the scale group's seeds"}
 
