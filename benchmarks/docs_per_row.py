@@ -9,7 +9,7 @@ builds rows: documents shuffled and concatenated (each ends with EOD), cut into 
 unit ends at every label that is EOD (plus the open segment at the row's end). Only the
 documents' lengths are read (from the ``.idx`` files), so this takes seconds.
 
-Per domain it reports the mean, median and share of rows with >= 2 units, simulated over one
+Per domain it reports the mean, median, maximum and share of rows with >= 2 units, simulated over one
 shuffled pass of the domain; the blend's mean weights each domain by its share of the training
 blend (= its share of the rows). It also prints the closed form ``seq * p + 1 - p`` (p = documents
 per token), which the simulation should match. Writes ``results/docs_per_row.json``.
@@ -64,6 +64,7 @@ def measure(manifest: str, seqs: List[int]) -> dict:
         for s in seqs:
             u = units_per_row(lengths, s)
             entry["seq"][str(s)] = {"mean": float(u.mean()), "median": float(numpy.median(u)),
+                                    "max": int(u.max()),  # vs --sample-reweight-max-documents
                                     "share_rows_2plus": float((u >= 2).mean()),
                                     "closed_form": s * p + 1 - p, "rows": int(len(u))}
         out["domains"][domain] = entry

@@ -12,7 +12,8 @@ Every run is ``examples/pretrain_gpt_rw.sh`` (DP 2 on 2 CPU processes) through
 - ``noisy1024``: document units. At seq 128 a row holds 1.23 documents on average
   (results/docs_per_row.json: books, code, reference, tech docs average ~2,000-2,700 tokens), so
   ``document`` would equal ``sample`` for 81 % of rows; at 512 the noisy blend averages 1.94, at
-  1024 2.89 (60 % of rows hold >= 2). So seq 1024, with the seq-128 groups' tokens per step (4 rows
+  1024 2.89 (60 % of rows hold >= 2; at most 31, in qa: within the default 32 document slots
+  per row, so no row's last documents share a weight). So seq 1024, with the seq-128 groups' tokens per step (4 rows
   x 1024 = 32 x 128) for every variant of the comparison: uniform, linupper r 1.0 with sample
   units and the same with document units. Budget: a seq-1024 iteration costs ~3.4x a seq-128 one
   here (attention), so this group trains 300 steps (1.2 M tokens), evaluates every 100, and runs

@@ -232,3 +232,19 @@ def test_main_skips_done_and_blocked_runs_without_training(runs_dir, capsys, mon
     assert "clean-uniform-s1234: done" in printed
     assert "clean-robust-best-s1234: blocked: flags not chosen yet" in printed
     assert "stopping after --max-runs 0" in printed
+
+
+def test_docs_per_row_counts_document_segments():
+    import numpy
+
+    from benchmarks.docs_per_row import units_per_row
+    # documents of 64 tokens (EOD included), rows of 128 labels starting at stream position 1:
+    # EODs at 63 and 127 end two units, the third is still open at the row's end
+    u = units_per_row(numpy.full(100, 64), 128)
+    assert len(u) == (100 * 64 - 1) // 128 and set(u.tolist()) == {3}
+    # one document longer than the row: a single unit; the last row ends exactly on its EOD
+    assert units_per_row(numpy.array([257]), 128).tolist() == [1, 1]
+    # mean over many shuffled documents matches the closed form seq * p + 1 - p
+    lengths = numpy.random.default_rng(0).integers(20, 400, size=20000)
+    p = len(lengths) / lengths.sum()
+    assert units_per_row(lengths, 256).mean() == pytest.approx(256 * p + 1 - p, rel=0.01)
