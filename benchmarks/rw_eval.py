@@ -50,6 +50,7 @@ import dataclasses
 import functools
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -239,6 +240,22 @@ def check_record(run: EvalRun, runs_dir: str) -> Optional[str]:
     return None
 
 
+def _children_cpu_s() -> float:
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
+
+
+def note_time(run: EvalRun, runs_dir: str, wall_s: float, cpu_s: float) -> None:
+    """Append this session's wall and CPU seconds to run.json: what the run really cost, to check
+    and refine the estimates (2-core time ~ cpu_s / 2)."""
+    path = os.path.join(runs_dir, run.name, "run.json")
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    info.setdefault("sessions", []).append({"wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1)})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+
+
 def commit_results(results_dir: str, message: str, repo: str = REPO) -> bool:
     """Commit only the evaluation's result files (if changed); other changes stay uncommitted."""
     paths = [os.path.join(results_dir, n) for n in RESULTS
@@ -296,7 +313,9 @@ def main(argv=None) -> int:
             print(f"rw_eval: stopping after --max-runs {a.max_runs}")
             break
         print(f"{tag}: running ({shlex.join(run.variant_flags)})", flush=True)
+        cpu0 = _children_cpu_s()
         seconds = gpt_sweep.run_one(run, a.runs_dir, data, sys.executable)
+        note_time(run, a.runs_dir, seconds, _children_cpu_s() - cpu0)
         done += 1
         print(f"{tag}: finished in {seconds / 60:.1f} min", flush=True)
         _report(a, f"rw_eval: {run.name} finished ({k}/{len(runs)} in plan order)")

@@ -82,6 +82,10 @@ def test_run_record_refuses_other_flags(tmp_path):
     assert rw_eval.check_record(run, str(tmp_path)) is None  # same flags: fine
     saved = json.loads((tmp_path / run.name / "run.json").read_text())
     assert saved["flags"] == run.flags() and saved["config"] == "examples/configs/tiny_cpu.sh"
+    rw_eval.note_time(run, str(tmp_path), 10.04, 15.0)  # sessions' costs, kept beside the flags
+    saved = json.loads((tmp_path / run.name / "run.json").read_text())
+    assert saved["sessions"] == [{"wall_s": 10.0, "cpu_s": 15.0}]
+    assert rw_eval.check_record(run, str(tmp_path)) is None
     other = next(r for r in rw_eval.plan(iters=20) if r.name == run.name)
     assert "other flags" in rw_eval.check_record(other, str(tmp_path))
 
