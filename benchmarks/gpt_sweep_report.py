@@ -243,15 +243,17 @@ def _steps(x: Optional[float]) -> str:
     return "n.r." if x is None else f"{x:.0f}"
 
 
-def print_summary(report: dict, width: int = 22, last: str = str(gpt_sweep.ITERS)) -> None:
+def print_summary(report: dict, width: int = 22, last: str = str(gpt_sweep.ITERS),
+                  source: str = "gpt_sweep.json") -> None:
     """The tables a reader needs: finals vs uniform, per-domain differences, weights.
 
-    ``width``: of the variant column; ``last``: how the header names the final iteration."""
+    ``width``: of the variant column; ``last``: how the header names the final iteration;
+    ``source``: the JSON file whose definitions the header points to."""
     variants = report["variants"]
     print(f"runs used: {len(report['runs_used'])}; unfinished: "
           f"{', '.join(report['unfinished']) or 'none'}; missing: {len(report['missing'])}")
     print(f"\nvalid/all lm loss at iteration {last} (median [min, max] over seeds); "
-          f"diff = variant - uniform, paired by seed; verdict: see gpt_sweep.json definitions")
+          f"diff = variant - uniform, paired by seed; verdict: see {source} definitions")
     print(f"{'variant':{width}s} {'n':>2s} {'valid/all':>25s} {'diff vs uniform':>26s} "
           f"{'verdict':>17s} {'mean-of-domains':>17s}  steps to uniform's final: median, per seed")
     for v, s in variants.items():

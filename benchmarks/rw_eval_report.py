@@ -140,7 +140,7 @@ def print_extra(report: dict) -> None:
     """The tables gpt_sweep_report does not print: r/ESS, noise shares, the scale point."""
     print("\nchosen temperature and ESS after burn-in (median over seeds)")
     for v, s in report["variants"].items():
-        if s["reweight_r"] is not None:
+        if s["reweight_r"] is not None and s["label"] != "uniform":  # its r is never used
             print(f"  {v:28s} r {_fmt(s['reweight_r'], '.3f'):>7s}  "
                   f"ESS {_fmt(s['weight_ess'], '.3f'):>6s}  {' '.join(s['flags'])}")
     print("\nshare of the total weight: duplicated / random documents (blend share in brackets)")
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     with open(os.path.join(a.out, "rw_eval.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
     if not a.quiet:
-        rep.print_summary(report, width=28, last="each group's last")
+        rep.print_summary(report, width=28, last="each group's last", source="rw_eval.json")
         print_extra(report)
     written = ["rw_eval.json"]
     if not a.no_plots:
