@@ -46,8 +46,8 @@ def plot_noise(report: dict, path: str) -> None:
             a.axhline(share, color="grey", ls="--", lw=1, label=f"share of the rows ({share:.3f})")
             a.legend(fontsize=8)
         a.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
-        a.set(title=f"{d} documents: share of the total weight after burn-in\n(median over "
-                    "seeds; above the line = more gradient than uniform gives them)",
+        a.set(title=f"{d} documents: share of the total weight after burn-in\n(median "
+                    "over seeds; above the line = more than uniform)",
               ylabel="weight mass")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
