@@ -33,6 +33,13 @@ variant. ``robust-best`` and ``best`` wait for flags chosen from the first resul
 (a quoted flag string). Until then, and while this checkout's trainer refuses a variant's flags
 (a feature not merged yet), those runs are listed as blocked and skipped; the rest go on.
 
+Corpora: ``data/small`` (``python -m megatron_rw.data.prepare --profile small --out data/small``)
+and ``data/small_noisy`` (``python -m benchmarks.noisy_corpus --base data/small --out
+data/small_noisy``), or ``--clean-data``/``--noisy-data``. Run directories live under the
+git-ignored ``runs/``: a later session must use the same ``--runs-dir`` (an absolute path if it
+works in another checkout) to find and resume them; the committed ``results/rw_eval.json`` lists
+what is done (``runs_used``) but cannot resume a run.
+
 Resuming (the evaluation spans sessions): run the same command again. A run whose checkpoint
 tracker is at its last iteration is done; an interrupted one continues from its last checkpoint
 (``--save-interval`` 100), bit for bit. Each run directory keeps ``run.json`` with its flags; a
