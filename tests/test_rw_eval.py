@@ -224,18 +224,23 @@ def test_list_prints_estimates_per_group(runs_dir, tmp_path, capsys):
 def test_main_skips_done_and_blocked_runs_without_training(runs_dir, capsys, monkeypatch):
     for name in os.listdir(runs_dir):
         (runs_dir / name / "latest_checkpointed_iteration.txt").write_text(
-            "200" if name == "clean-ess0.7-s1234" else "400" if "scale" not in name else "1200")
+            "200" if name == "clean-ess0.7-s1234" else "400" if "scale" not in name
+            else str(rw_eval.SCALE_ITERS))
     monkeypatch.setattr(gpt_sweep, "run_one", lambda *a, **k: pytest.fail("launched a run"))
     data = runs_dir / "data"
     for c in ("clean", "noisy"):
         (data / c).mkdir(parents=True)
         (data / c / "manifest.json").write_text("{}")
+    only = ["clean-uniform-s1234", "clean-robust-best-s1234", "noisy-ess0.7-s1234"]
     assert rw_eval.main(["--runs-dir", str(runs_dir), "--max-runs", "0", "--clean-data",
-                         str(data / "clean"), "--noisy-data", str(data / "noisy")]) == 0
-    printed = capsys.readouterr().out
-    assert "clean-uniform-s1234: done" in printed
-    assert "clean-robust-best-s1234: blocked: flags not chosen yet" in printed
-    assert "stopping after --max-runs 0" in printed
+                         str(data / "clean"), "--noisy-data", str(data / "noisy"),
+                         "--only", *only]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].endswith("clean-uniform-s1234: done")
+    assert printed[1].endswith("clean-robust-best-s1234: blocked: flags not chosen yet "
+                               "(--combo-flags)")
+    # a runnable run (target ESS is merged) is next in plan order: --max-runs 0 stops before it
+    assert printed[2:] == ["rw_eval: stopping after --max-runs 0"]
 
 
 def test_docs_per_row_counts_document_segments():
