@@ -4,6 +4,11 @@
     nice -n 10 python -m benchmarks.rw_eval --commit   # run what is left; commit results as it goes
     python -m benchmarks.rw_eval_report                # only regenerate results/rw_eval*.{json,png}
 
+A session that leaves it running (results land on the branch checked out where it runs):
+
+    nohup nice -n 10 python -m benchmarks.rw_eval --commit --runs-dir /work/runs/rw_eval \
+        > /work/runs/rw_eval.log 2>&1 &
+
 Every run is ``examples/pretrain_gpt_rw.sh`` (DP 2 on 2 CPU processes) through
 ``benchmarks.gpt_sweep.run_one``, into ``runs/rw_eval/<group>-<variant>-s<seed>``. Groups:
 
@@ -28,7 +33,8 @@ Budget (results/rw_eval_timing.json, 2-core time): ~2.9 h for clean + noisy (36 
 the sums; measured under a load average of ~40, so the wall time then was ~5.5x that).
 
 Seed-major: all of seed 1234 before seed 2345, so a partial evaluation still compares every
-variant. ``robust-best`` and ``best`` wait for flags chosen from the first results: set
+variant. ``robust-best`` and ``best`` wait for flags chosen from the first results (the report's
+``ranking`` lists the candidates, lowest loss difference to uniform first): set
 ``COMBO_FLAGS``/``BEST_FLAGS`` below (and commit), or pass ``--combo-flags``/``--best-flags``
 (a quoted flag string). Until then, and while this checkout's trainer refuses a variant's flags
 (a feature not merged yet), those runs are listed as blocked and skipped; the rest go on.

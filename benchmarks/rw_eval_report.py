@@ -12,7 +12,9 @@ loss, mean weight and weight mass per training domain). Added here:
 - ``noise``: for the noisy groups, the duplicated and random documents' share of the total weight
   (their weight mass) next to their share of the rows (the blend share; uniform gets exactly that);
 - ``scale``: for each scale-group variant, its paired difference to uniform at small_cpu beside
-  the clean group's tiny_cpu variant with the same flags, on the same seeds.
+  the clean group's tiny_cpu variant with the same flags, on the same seeds;
+- ``ranking``: the seq-128 variants other than uniform and robust by their mean (over clean and
+  noisy) median valid/all difference to uniform: the candidates for the ``best`` flags.
 
 Writes ``rw_eval.json`` and, unless ``--no-plots``, ``rw_eval_diffs.png``, ``rw_eval_noise.png``
 and ``rw_eval_scale.png`` (``benchmarks.rw_eval_plots``).
@@ -45,7 +47,10 @@ DEFINITIONS = {**rep.DEFINITIONS,
                               "share of the rows; with document units a row's domain is its "
                               "dataset's, so this stays the share of the rows)",
                "scale": "difference to uniform (paired by seed) at small_cpu vs the clean group's "
-                        "tiny_cpu variant with the same variant flags, on the scale group's seeds"}
+                        "tiny_cpu variant with the same variant flags, on the scale group's seeds",
+               "ranking": "variants of clean and noisy except uniform and robust*, by the mean over "
+                          "both groups of the median valid/all difference to uniform (lowest "
+                          "first); only variants finished in both groups"}
 
 
 def load_run(path: str) -> Optional[dict]:
@@ -89,6 +94,26 @@ def scale_point(variants: Dict[str, dict], flags: Dict[str, list]) -> Dict[str, 
     return out
 
 
+def ranking(variants: Dict[str, dict], groups=("clean", "noisy")) -> List[dict]:
+    """Variants of the seq-128 groups (not uniform, not robust*) by the mean over ``groups`` of
+    their median valid/all difference to uniform: the candidates for ``robust-best``'s and the
+    scale point's ``best`` flags. Only variants with a paired result in every group rank."""
+    by_label = {}
+    for v, s in variants.items():
+        if s["group"] in groups and "vs_uniform" in s and not s["label"].startswith("robust"):
+            by_label.setdefault(s["label"], {})[s["group"]] = s
+    out = []
+    for label, per in by_label.items():
+        if set(per) != set(groups):
+            continue
+        diffs = {g: per[g]["vs_uniform"]["all"]["median"] for g in groups}
+        out.append({"label": label, "flags": per[groups[0]]["flags"], "median_diff": diffs,
+                    "mean": statistics.fmean(diffs.values()),
+                    "verdicts": {g: per[g]["vs_uniform"]["all"]["verdict"] for g in groups},
+                    "seeds": min(len(p["seeds"]) for p in per.values())})
+    return sorted(out, key=lambda r: r["mean"])
+
+
 def build(runs_dir: str, data: Dict[str, str]) -> dict:
     """Everything rw_eval.json holds."""
     names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
@@ -129,6 +154,7 @@ def build(runs_dir: str, data: Dict[str, str]) -> dict:
         "variants": variants,
         "noise": noise,
         "scale": scale_point(variants, flags),
+        "ranking": ranking(variants),
     }
 
 
@@ -147,6 +173,12 @@ def print_extra(report: dict) -> None:
     for v, n in report["noise"].items():
         print(f"  {v:28s} " + "  ".join(
             f"{d} {_fmt(n[d]['mass'], '.3f')} [{_fmt(n[d]['blend_share'], '.3f')}]" for d in NOISE))
+    print("\ncandidates for the best flags: mean over clean and noisy of the median valid/all "
+          "difference to uniform (lowest first)")
+    for r in report["ranking"]:
+        per = ", ".join(f"{g} {d:+.4f} {r['verdicts'][g]}" for g, d in r["median_diff"].items())
+        print(f"  {r['label']:16s} {r['mean']:+.4f}  ({per}; {r['seeds']} seeds)  "
+              + " ".join(r["flags"]))
     print("\nscale point: valid/all difference to uniform, median (per seed)")
     for v, e in report["scale"].items():
         t = e.get("tiny") or {}

@@ -179,6 +179,10 @@ def test_report_on_synthetic_runs(runs_dir, tmp_path):
     assert noise["random"]["mass"] == pytest.approx(0.2) and noise["random"]["blend_share"] == 0.1
     assert noise["duplicated"]["mass"] == pytest.approx(0.05)
     assert report["noise"]["noisy-uniform"]["random"]["mass"] == pytest.approx(0.1)
+    # ranking: only variants finished in both clean and noisy (ess0.9 is noisy-only here)
+    assert [r["label"] for r in report["ranking"]] == ["linupper-r1"]
+    assert report["ranking"][0]["mean"] == pytest.approx(-0.1)
+    assert report["ranking"][0]["verdicts"] == {"clean": "lower", "noisy": "lower"}
     # scale point: 2 seeds -> no verdict; tiny partner found by identical variant flags
     sc = report["scale"]["scale-linupper-r1"]
     assert sc["tiny_variant"] == "clean-linupper-r1"
