@@ -1,4 +1,4 @@
-"""Issue 11's evaluation: every new reweighting feature against uniform, resumable across sessions.
+r"""Issue 11's evaluation: every new reweighting feature against uniform, resumable across sessions.
 
     python -m benchmarks.rw_eval --list                # plan, status, estimated hours per group
     nice -n 10 python -m benchmarks.rw_eval --commit   # run what is left; commit results as it goes
