@@ -18,9 +18,9 @@ Every run is ``examples/pretrain_gpt_rw.sh`` (DP 2 on 2 CPU processes) through
   (results/docs_per_row.json: books, code, reference, tech docs average ~2,000-2,700 tokens), so
   ``document`` would equal ``sample`` for 81 % of rows; at 512 the noisy blend averages 1.94, at
   1024 2.89 (60 % of rows hold >= 2; at most 31, in qa: within the default 32 document slots
-  per row, so no row's last documents share a weight). So seq 1024, with the seq-128 groups' tokens per step (4 rows
-  x 1024 = 32 x 128) for every variant of the comparison: uniform, linupper r 1.0 with sample
-  units and the same with document units. Budget: a seq-1024 iteration costs ~3.4x a seq-128 one
+  per row, so no row's last documents share a weight). So seq 1024, with the seq-128 groups'
+  tokens per step (4 rows x 1024 = 32 x 128) for every variant of the comparison: uniform,
+  linupper r 1.0 with sample units and the same with document units. Budget: a seq-1024 iteration costs ~3.4x a seq-128 one
   here (attention), so this group trains 300 steps (1.2 M tokens), evaluates every 100, and runs
   on the noisy corpus only (its validation sets are the clean ones; it adds the random and
   duplicated documents, the case where a row mixes documents of very different value).
@@ -60,22 +60,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import json
 import os
-import resource
 import shlex
-import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks import gpt_sweep
+from benchmarks.rw_eval_runs import (check_record, children_cpu_s, commit_results, note_time,
+                                     refused, status)
 
 REPO = gpt_sweep.REPO
 TINY = gpt_sweep.CONFIG
 SMALL = os.path.join(REPO, "examples", "configs", "small_cpu.sh")
 SEEDS = gpt_sweep.SEEDS
-RESULTS = ("rw_eval.json", "rw_eval_diffs.png", "rw_eval_noise.png", "rw_eval_scale.png")
 
 # Chosen after the first seed's results (see the module docstring); a tuple of flags, or None.
 COMBO_FLAGS: Optional[Tuple[str, ...]] = None  # robust + the best of ESS target / other knobs
@@ -179,7 +176,8 @@ def smoke_flags(iters: int) -> Tuple[str, ...]:
             "--sample-reweight-warmup-iters", str(iters // 4))
 
 
-def plan(combo: Optional[Tuple[str, ...]] = COMBO_FLAGS, best: Optional[Tuple[str, ...]] = BEST_FLAGS,
+def plan(combo: Optional[Tuple[str, ...]] = COMBO_FLAGS,
+         best: Optional[Tuple[str, ...]] = BEST_FLAGS,
          iters: Optional[int] = None) -> List[EvalRun]:
     """Every run, seed-major; ``iters`` (smoke runs only) shortens every run to that many."""
     chosen = {"combo": combo, "best": best}
@@ -196,90 +194,6 @@ def plan(combo: Optional[Tuple[str, ...]] = COMBO_FLAGS, best: Optional[Tuple[st
                                     tuple(vflags) if vflags is not None else None,
                                     _flag(common, "--eval-interval", 50)))
     return runs
-
-
-@functools.lru_cache(maxsize=None)
-def config_flags(config: str) -> Tuple[str, ...]:
-    """The flags a config contributes, expanded by bash as the launcher does."""
-    script = f'source "{config}"; printf "%s\\n" "${{MODEL_ARGS[@]}}" "${{TRAIN_ARGS[@]}}" "${{REWEIGHT_ARGS[@]}}"'
-    return tuple(subprocess.run(["bash", "-c", script], capture_output=True, text=True,
-                                check=True).stdout.splitlines())
-
-
-def refused(run: EvalRun) -> Optional[str]:
-    """Why this checkout's trainer would refuse the run's flags (e.g. a feature not merged yet)."""
-    if run.variant_flags is None:
-        return f"flags not chosen yet (--{'combo' if run.variant == 'robust-best' else 'best'}-flags)"
-    import contextlib
-    import io
-
-    from megatron_rw.training.arguments import parse_args
-    data = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
-            "--tokenizer-model", "x.model", "--save", "x"]  # what the launcher adds
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            parse_args([*config_flags(run.config), *run.flags(), *data])
-    except SystemExit:
-        last = (err.getvalue().strip().splitlines() or ["?"])[-1]
-        return "trainer refuses: " + last.split(" error: ", 1)[-1]
-    return None
-
-
-def status(run: EvalRun, runs_dir: str) -> str:
-    """done / partial (iteration) / to do."""
-    out = os.path.join(runs_dir, run.name)
-    if gpt_sweep.finished(out, run.iters):
-        return "done"
-    try:
-        with open(os.path.join(out, "latest_checkpointed_iteration.txt")) as f:
-            return f"partial ({int(f.read())})"
-    except (OSError, ValueError):
-        return "to do"
-
-
-def check_record(run: EvalRun, runs_dir: str) -> Optional[str]:
-    """Write run.json for a new run; for an existing one, say if its flags differ from the plan."""
-    path = os.path.join(runs_dir, run.name, "run.json")
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
-        if old.get("flags") != run.flags() or old.get("iters") != run.iters:
-            return f"{path} records other flags: {shlex.join(old.get('flags', []))}"
-        return None
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(run.record(), f, indent=1)
-    return None
-
-
-def _children_cpu_s() -> float:
-    u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return u.ru_utime + u.ru_stime
-
-
-def note_time(run: EvalRun, runs_dir: str, wall_s: float, cpu_s: float) -> None:
-    """Append this session's wall and CPU seconds to run.json: what the run really cost, to check
-    and refine the estimates (2-core time ~ cpu_s / 2)."""
-    path = os.path.join(runs_dir, run.name, "run.json")
-    with open(path, encoding="utf-8") as f:
-        info = json.load(f)
-    info.setdefault("sessions", []).append({"wall_s": round(wall_s, 1), "cpu_s": round(cpu_s, 1)})
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
-
-
-def commit_results(results_dir: str, message: str, repo: str = REPO) -> bool:
-    """Commit only the evaluation's result files (if changed); other changes stay uncommitted."""
-    paths = [os.path.join(results_dir, n) for n in RESULTS
-             if os.path.exists(os.path.join(results_dir, n))]
-    if not paths:
-        return False
-    subprocess.run(["git", "-C", repo, "add", "--", *paths], check=True)
-    if subprocess.run(["git", "-C", repo, "diff", "--cached", "--quiet", "--", *paths]).returncode == 0:
-        return False
-    subprocess.run(["git", "-C", repo, "commit", "-q", "-m", message, "--", *paths], check=True)
-    return True
 
 
 def main(argv=None) -> int:
@@ -326,9 +240,9 @@ def main(argv=None) -> int:
             print(f"rw_eval: stopping after --max-runs {a.max_runs}")
             break
         print(f"{tag}: running ({shlex.join(run.variant_flags)})", flush=True)
-        cpu0 = _children_cpu_s()
+        cpu0 = children_cpu_s()
         seconds = gpt_sweep.run_one(run, a.runs_dir, data, sys.executable)
-        note_time(run, a.runs_dir, seconds, _children_cpu_s() - cpu0)
+        note_time(run, a.runs_dir, seconds, children_cpu_s() - cpu0)
         done += 1
         print(f"{tag}: finished in {seconds / 60:.1f} min", flush=True)
         _report(a, f"rw_eval: {run.name} finished ({k}/{len(runs)} in plan order)")

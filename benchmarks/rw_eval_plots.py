@@ -39,7 +39,8 @@ def plot_noise(report: dict, path: str) -> None:
     for a, d in zip(axes[0], NOISE):
         names = list(noise)
         mass = [noise[v][d]["mass"] or 0.0 for v in names]
-        share = next((noise[v][d]["blend_share"] for v in names if noise[v][d]["blend_share"]), None)
+        share = next((noise[v][d]["blend_share"] for v in names if noise[v][d]["blend_share"]),
+                     None)
         a.bar(range(len(names)), mass, color=["black" if v.endswith("-uniform") else "tab:blue"
                                               for v in names])
         if share:

@@ -130,9 +130,9 @@ def build(runs_dir: str, data: Dict[str, str]) -> dict:
         s.update(label=mine[0]["label"], flags=flags[v],
                  reweight_r=_median_of_medians(mine, rep.R_KEY),
                  weight_ess=_median_of_medians(mine, ESS_KEY))
-    noise = {v: {d: {"mass": s["weights"]["mass"].get(d), "blend_share": s["weights"]["share"].get(d)}
-                 for d in NOISE} for v, s in variants.items() if any(
-                     d in s["weights"]["mass"] for d in NOISE)}
+    noise = {v: {d: {"mass": s["weights"]["mass"].get(d),
+                     "blend_share": s["weights"]["share"].get(d)} for d in NOISE}
+             for v, s in variants.items() if any(d in s["weights"]["mass"] for d in NOISE)}
     present = {r["name"] for r in runs}
     plan = rw_eval.plan()
     return {

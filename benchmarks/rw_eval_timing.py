@@ -23,13 +23,12 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import sys
 import tempfile
 import time
 
-from benchmarks import environment, gpt_sweep, rw_eval
+from benchmarks import environment, gpt_sweep, rw_eval, rw_eval_runs
 
 ITER_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ .*elapsed time per iteration \(ms\): ([0-9.]+)")
 PARAMS = re.compile(r"(\d+) parameters on rank 0")
@@ -46,29 +45,27 @@ def time_profile(name: str, config: str, flags, iters: int, data: str, runs_dir:
                            "--sample-reweight-warmup-iters", "2"),
                           rw_eval.LINUPPER_R1, iters)
     stamps = []  # (seconds since launch, line)
-    cpu0 = _children_cpu_s()
+    cpu0 = rw_eval_runs.children_cpu_s()
     start = time.perf_counter()
     wall = gpt_sweep.run_one(run, runs_dir, {"clean": data}, sys.executable,
                              on_line=lambda ln: stamps.append((time.perf_counter() - start, ln)))
-    cpu = _children_cpu_s() - cpu0
+    return {"config": os.path.relpath(config, rw_eval.REPO), "flags": list(flags),
+            "iterations": iters, **analyse(stamps, wall, rw_eval_runs.children_cpu_s() - cpu0)}
+
+
+def analyse(stamps, wall: float, cpu: float) -> dict:
+    """Timings from the (seconds since launch, output line) pairs of one run, its wall and CPU
+    seconds: see the module docstring."""
     iters_at = [(t, int(m[1]), float(m[2]) / 1000) for t, ln in stamps
                 if (m := ITER_LINE.search(ln))]
     valid_t = next(t for t, ln in stamps if "validation loss at iteration" in ln)
-    per_iter = statistics.median(s for _, _, s in iters_at[1:])
+    per_iter = statistics.median(s for _, _, s in iters_at[1:])  # the first holds the warm-up
     t_first, it_first, _ = iters_at[0]
     params = next((int(m[1]) for _, ln in stamps if (m := PARAMS.search(ln))), None)
-    return {"config": os.path.relpath(config, rw_eval.REPO), "flags": list(flags),
-            "iterations": iters, "s_per_iter": per_iter,
-            "s_per_iter_intervals": [s for _, _, s in iters_at],
+    return {"s_per_iter": per_iter, "s_per_iter_intervals": [s for _, _, s in iters_at],
             "startup_s": t_first - it_first * per_iter, "eval_s": valid_t - iters_at[-1][0],
             "wall_s": wall, "cpu_s": cpu, "cpu_share": min(cpu / (CORES * wall), 1.0),
             "parameters": params}
-
-
-def _children_cpu_s() -> float:
-    """User + system CPU seconds of every finished, waited-for descendant (all ranks)."""
-    u = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return u.ru_utime + u.ru_stime
 
 
 def main(argv=None) -> int:

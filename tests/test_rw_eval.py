@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from benchmarks import gpt_sweep, rw_eval, rw_eval_estimate
+from benchmarks import gpt_sweep, rw_eval, rw_eval_estimate, rw_eval_runs
 from benchmarks import rw_eval_report as rep
 
 SEEDS = rw_eval.SEEDS
@@ -51,7 +51,7 @@ def test_variant_flags_and_matched_budgets():
     assert doc[:len(sample)] == sample and doc[len(sample):] == ["--sample-reweight-unit", "document"]
     # every run of the document comparison (uniform included) has the same token budget, and
     # the seq-128 groups' tokens per step
-    tiny = rw_eval.config_flags(rw_eval.TINY)
+    tiny = rw_eval_runs.config_flags(rw_eval.TINY)
     for name in ("clean-uniform-s1234", "noisy1024-uniform-s1234", "noisy1024-linupper-r1-s1234",
                  "noisy1024-linupper-r1-doc-s1234"):
         f = [*tiny, *runs[name].flags()]
@@ -69,25 +69,25 @@ def test_variant_flags_and_matched_budgets():
 
 def test_refused_names_the_reason():
     runs = {r.name: r for r in rw_eval.plan()}
-    assert rw_eval.refused(runs["clean-uniform-s1234"]) is None
-    assert "not chosen" in rw_eval.refused(runs["clean-robust-best-s1234"])
+    assert rw_eval_runs.refused(runs["clean-uniform-s1234"]) is None
+    assert "not chosen" in rw_eval_runs.refused(runs["clean-robust-best-s1234"])
     bad = rw_eval.plan(combo=("--sample-reweight-no-such-flag", "1"))
-    why = rw_eval.refused(next(r for r in bad if r.variant == "robust-best"))
+    why = rw_eval_runs.refused(next(r for r in bad if r.variant == "robust-best"))
     assert why.startswith("trainer refuses") and "no-such-flag" in why
 
 
 def test_run_record_refuses_other_flags(tmp_path):
     run = next(r for r in rw_eval.plan() if r.name == "clean-linupper-r1-s1234")
-    assert rw_eval.check_record(run, str(tmp_path)) is None  # written
-    assert rw_eval.check_record(run, str(tmp_path)) is None  # same flags: fine
+    assert rw_eval_runs.check_record(run, str(tmp_path)) is None  # written
+    assert rw_eval_runs.check_record(run, str(tmp_path)) is None  # same flags: fine
     saved = json.loads((tmp_path / run.name / "run.json").read_text())
     assert saved["flags"] == run.flags() and saved["config"] == "examples/configs/tiny_cpu.sh"
-    rw_eval.note_time(run, str(tmp_path), 10.04, 15.0)  # sessions' costs, kept beside the flags
+    rw_eval_runs.note_time(run, str(tmp_path), 10.04, 15.0)  # sessions' costs, kept beside the flags
     saved = json.loads((tmp_path / run.name / "run.json").read_text())
     assert saved["sessions"] == [{"wall_s": 10.0, "cpu_s": 15.0}]
-    assert rw_eval.check_record(run, str(tmp_path)) is None
+    assert rw_eval_runs.check_record(run, str(tmp_path)) is None
     other = next(r for r in rw_eval.plan(iters=20) if r.name == run.name)
-    assert "other flags" in rw_eval.check_record(other, str(tmp_path))
+    assert "other flags" in rw_eval_runs.check_record(other, str(tmp_path))
 
 
 def test_commit_results_commits_only_result_files(tmp_path):
@@ -102,11 +102,11 @@ def test_commit_results_commits_only_result_files(tmp_path):
     res.mkdir()
     (res / "rw_eval.json").write_text("{}")
     (res / "unrelated.json").write_text("{}")
-    assert rw_eval.commit_results(str(res), "rw_eval: test", repo=str(tmp_path))
+    assert rw_eval_runs.commit_results(str(res), "rw_eval: test", repo=str(tmp_path))
     assert git("show", "--name-only", "--format=%s", "HEAD").split() == [
         "rw_eval:", "test", "results/rw_eval.json"]
     assert "A  other.py" in git("status", "--short")
-    assert not rw_eval.commit_results(str(res), "again", repo=str(tmp_path))  # nothing changed
+    assert not rw_eval_runs.commit_results(str(res), "again", repo=str(tmp_path))  # nothing changed
 
 
 def _write_run(root, run, finals, weights, r=1.0, last=None, ess=0.9):
@@ -197,7 +197,7 @@ def test_report_main_and_plots(runs_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "results"
     assert rep.main(["--runs-dir", str(runs_dir), "--out", str(out)]) == 0
-    assert sorted(os.listdir(out)) == sorted(rw_eval.RESULTS)
+    assert sorted(os.listdir(out)) == sorted(rw_eval_runs.RESULTS)
     printed = capsys.readouterr().out
     assert "noisy-linupper-r1" in printed and "scale point" in printed
     assert json.loads((out / "rw_eval.json").read_text())["scale"]["scale-linupper-r1"]
@@ -261,3 +261,19 @@ def test_docs_per_row_counts_document_segments():
     lengths = numpy.random.default_rng(0).integers(20, 400, size=20000)
     p = len(lengths) / lengths.sum()
     assert units_per_row(lengths, 256).mean() == pytest.approx(256 * p + 1 - p, rel=0.01)
+
+
+def test_timing_analysis_of_a_log():
+    from benchmarks.rw_eval_timing import analyse
+
+    line = ("iteration {:8d}/      20 | consumed samples: 1 | elapsed time per iteration (ms): {} |"
+            " learning rate: 1E-3 |")
+    stamps = [(1.0, "pretrain_gpt_rw.sh: node 0/1"), (5.0, "vocab 4096; 1580672 parameters on rank 0"),
+              (30.0, line.format(5, 4000.0)),  # warm-up interval: 4 s per iteration
+              (35.0, line.format(10, 1000.0)), (40.0, line.format(15, 1200.0)),
+              (45.0, line.format(20, 1000.0)), (53.0, " validation loss at iteration 20 | all")]
+    t = analyse(stamps, wall=60.0, cpu=30.0)
+    assert t["s_per_iter"] == 1.0  # median of the intervals after the first
+    assert t["startup_s"] == pytest.approx(25.0)  # first log at 30 s less 5 iterations x 1 s
+    assert t["eval_s"] == pytest.approx(8.0) and t["parameters"] == 1580672
+    assert t["cpu_share"] == pytest.approx(0.25)  # 30 CPU s over 2 cores x 60 s
