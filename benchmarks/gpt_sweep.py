@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -37,14 +38,23 @@ COMMON = ["--train-iters", str(ITERS), "--lr-warmup-iters", "30", "--eval-interv
 
 @dataclasses.dataclass(frozen=True)
 class Run:
+    """One run of this sweep. ``run_one`` needs only ``name``, ``corpus``, ``config``, ``iters``
+    and ``flags()``, so other harnesses (``benchmarks.rw_eval``) pass their own run types."""
+
     group: str      # "clean" or "noisy" (corpus)
     strategy: str
     r: float
     seed: int
+    config = CONFIG  # class attributes, not fields: every run of this sweep shares them
+    iters = ITERS
 
     @property
     def name(self) -> str:
         return f"{self.group}-{self.strategy}-r{self.r:g}-s{self.seed}"
+
+    @property
+    def corpus(self) -> str:
+        return self.group
 
     def flags(self) -> List[str]:
         return [*COMMON, "--seed", str(self.seed), "--sample-reweight-strategy", self.strategy,
@@ -62,25 +72,54 @@ def plan() -> List[Run]:
     return runs
 
 
-def finished(out: str) -> bool:
+def finished(out: str, iters: int = ITERS) -> bool:
+    """Whether the run in ``out`` saved its checkpoint at (or past) iteration ``iters``."""
     try:
         with open(os.path.join(out, "latest_checkpointed_iteration.txt")) as f:
-            return int(f.read().strip()) >= ITERS
+            return int(f.read().strip()) >= iters
     except (OSError, ValueError):
         return False
 
 
-def run_one(run: Run, runs_dir: str, data: dict, python: str) -> float:
+def missing_data(data: dict, corpora) -> List[str]:
+    """Error lines for the corpora in ``corpora`` whose prepared directory is missing."""
+    errors = []
+    for corpus in sorted(set(corpora)):
+        path = data[corpus]
+        if not os.path.exists(os.path.join(path, "manifest.json")):
+            hint = ("python -m megatron_rw.data.prepare --profile small --out " + path
+                    if corpus == "clean" else "python -m benchmarks.noisy_corpus --out " + path)
+            errors.append(f"{path}/manifest.json missing; run {hint}")
+    return errors
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> float:
+    """Train ``run`` (launcher + its config + its flags) into ``runs_dir/<name>``; returns seconds.
+
+    Output is appended to ``train.log`` (and each line passed to ``on_line``, if given); a run
+    interrupted before resumes from its checkpoint."""
     out = os.path.join(runs_dir, run.name)
     os.makedirs(out, exist_ok=True)
-    env = dict(os.environ, PYTHON=python, CONFIG=CONFIG, DATA=data[run.group], OUT=out,
-               GPUS_PER_NODE="2")
+    # A free rendezvous port unless one is set: the launcher's default (6000) is often taken by
+    # another job on a shared machine, and the run would die with EADDRINUSE.
+    env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
+               GPUS_PER_NODE="2", MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "a") as log:
         proc = subprocess.Popen(["bash", LAUNCHER, *run.flags()], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
+            log.flush()  # so train.log shows a running run's progress
+            if on_line is not None:
+                on_line(line)
             if "validation loss at iteration" in line:  # progress: one line per evaluation
                 print(f"    {line.strip()[:110]}", flush=True)
         if proc.wait():
@@ -98,12 +137,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     runs = [r for r in plan() if not a.only or r.name in a.only]
     data = {"clean": a.clean_data, "noisy": a.noisy_data}
-    for group, path in data.items():
-        if any(r.group == group for r in runs) and not os.path.exists(os.path.join(path, "manifest.json")):
-            hint = ("python -m megatron_rw.data.prepare --profile small --out " + path
-                    if group == "clean" else "python -m benchmarks.noisy_corpus --out " + path)
-            print(f"gpt_sweep: error: {path}/manifest.json missing; run {hint}", file=sys.stderr)
-            return 1
+    errors = missing_data(data, [r.corpus for r in runs])
+    for error in errors:
+        print(f"gpt_sweep: error: {error}", file=sys.stderr)
+    if errors:
+        return 1
     for k, run in enumerate(runs, 1):
         out = os.path.join(a.runs_dir, run.name)
         if a.list or finished(out):

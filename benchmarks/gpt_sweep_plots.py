@@ -25,10 +25,12 @@ def _plt():
 
 
 def _colours(variants: List[str]) -> dict:
-    """One colour per strategy+r, shared by both groups; uniform always black."""
-    keys = sorted({v.split("-", 1)[1] for v in variants} - {"uniform-r1"})
-    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-    out = {"uniform-r1": "black"}
+    """One colour per variant after the group (strategy+r here), shared by every group; uniform
+    (``uniform-r1`` here, ``uniform`` in benchmarks.rw_eval) always black."""
+    keys = sorted({v.split("-", 1)[1] for v in variants} - {"uniform-r1", "uniform"})
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+               "tab:pink", "tab:olive", "tab:cyan"]
+    out = {"uniform-r1": "black", "uniform": "black"}
     out.update({k: palette[i % len(palette)] for i, k in enumerate(keys)})
     return out
 
@@ -76,14 +78,19 @@ def plot_val(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def plot_domains(report: dict, path: str) -> None:
+def label(s: dict) -> str:
+    """A variant's legend entry: its own ``label`` (benchmarks.rw_eval), else strategy and r."""
+    return s.get("label") or f"{s['strategy']} r={s['r']:g}"
+
+
+def plot_domains(report: dict, path: str, groups=("clean", "noisy")) -> None:
     """Final per-domain loss difference to uniform, error bars = range over seeds; the grey box
     is +- uniform's own seed spread (a difference inside it is within seed noise)."""
     plt = _plt()
     variants = report["variants"]
     colours = _colours(list(variants))
-    groups = [g for g in ("clean", "noisy") if any("vs_uniform" in s and s["group"] == g
-                                                   for s in variants.values())]
+    groups = [g for g in groups if any("vs_uniform" in s and s["group"] == g
+                                       for s in variants.values())]
     if not groups:  # nothing paired yet: still write the file so the outputs stay a fixed set
         fig, a = plt.subplots(figsize=(6, 2))
         a.text(0.5, 0.5, "no variant with a finished uniform baseline yet", ha="center")
@@ -107,7 +114,7 @@ def plot_domains(report: dict, path: str) -> None:
             err = [[m - c.get("min", m) for m, c in zip(med, cells)],
                    [c.get("max", m) - m for m, c in zip(med, cells)]]
             a.bar(xs, med, width, yerr=err, capsize=2, color=colours[v.split("-", 1)[1]],
-                  label=f"{s['strategy']} r={s['r']:g}")
+                  label=label(s))
             for x, m, c in zip(xs, med, cells):  # mark the differences beyond seed noise
                 if c["verdict"] in ("lower", "higher"):  # past the whisker, where it is readable
                     a.annotate("*", (x, c["max"] if m > 0 else c["min"]), ha="center",

@@ -69,13 +69,13 @@ DEFINITIONS = {k: " ".join(v.split()) for k, v in {
 }.items()}
 
 
-def load_run(path: str) -> Optional[dict]:
-    """One run directory -> its name fields, eval curves and post-burn-in weight series."""
-    m = NAME.match(os.path.basename(os.path.normpath(path)))
+def read_metrics(path: str, series=(R_KEY,)) -> Optional[dict]:
+    """A run directory's ``metrics.jsonl`` -> eval curves, post-burn-in weight series and the
+    post-burn-in series of the ``series`` keys; None without metrics."""
     metrics = os.path.join(path, "metrics.jsonl")
-    if not m or not os.path.exists(metrics):
+    if not os.path.exists(metrics):
         return None
-    evals, weights = defaultdict(dict), defaultdict(dict)
+    evals, weights, other = defaultdict(dict), defaultdict(dict), defaultdict(dict)
     with open(metrics, encoding="utf-8") as f:
         for line in f:
             if not line.strip():
@@ -90,15 +90,32 @@ def load_run(path: str) -> Optional[dict]:
                 for k, v in row.items():
                     if k.startswith(WEIGHT):
                         weights[k[len(WEIGHT):]][it] = v
+                    elif k in series:
+                        other[k][it] = v
     sort = lambda d: {k: sorted(v.items()) for k, v in sorted(d.items())}
     all_evals = evals.get("all", {})
+    return {"eval": sort(evals), "weights": sort(weights), "series": sort(other),
+            "last_eval": max(all_evals) if all_evals else None}
+
+
+def load_run(path: str) -> Optional[dict]:
+    """One run directory of this sweep -> its name fields, eval curves and weight series."""
+    m = NAME.match(os.path.basename(os.path.normpath(path)))
+    metrics = read_metrics(path) if m else None
+    if metrics is None:
+        return None
     return {"name": m.group(0), "group": m["group"], "strategy": m["strategy"],
-            "r": float(m["r"]), "seed": int(m["seed"]), "eval": sort(evals),
-            "weights": sort(weights), "last_eval": max(all_evals) if all_evals else None}
+            "r": float(m["r"]), "seed": int(m["seed"]), **metrics}
 
 
 def variant_of(run: dict) -> str:
-    return f"{run['group']}-{run['strategy']}-r{run['r']:g}"
+    """A run's variant: its own ``variant`` key (other harnesses), else group-strategy-r."""
+    return run.get("variant") or f"{run['group']}-{run['strategy']}-r{run['r']:g}"
+
+
+def uniform_of(group: str) -> str:
+    """The uniform baseline variant of ``group`` in this sweep's naming."""
+    return f"{group}-uniform-r1"
 
 
 def spread(values: List[float]) -> dict:
@@ -147,9 +164,14 @@ def blend_shares(manifest: str) -> Dict[str, float]:
     return {d: w / total for d, w in pairs}
 
 
+def _iters(run: dict) -> int:
+    """The iteration a run is finished at (its own ``iters`` key, else this sweep's)."""
+    return run.get("iters", gpt_sweep.ITERS)
+
+
 def _finals(run: dict, domains: List[str]) -> Dict[str, float]:
     """Validation losses at the last iteration: all, each domain and their unweighted mean."""
-    last = {d: dict(run["eval"][d])[gpt_sweep.ITERS] for d in ["all", *domains]}
+    last = {d: dict(run["eval"][d])[_iters(run)] for d in ["all", *domains]}
     last[MEAN_DOMAINS] = statistics.fmean(last[d] for d in domains)
     return last
 
@@ -162,9 +184,12 @@ def _median_curve(curves: List[List[tuple]]) -> dict:
             "min": [min(c) for c in cols], "max": [max(c) for c in cols]}
 
 
-def summarise(runs: List[dict], shares: Dict[str, Dict[str, float]]) -> Dict[str, dict]:
-    """Per variant: curves, finals, paired differences to uniform, steps to target, weights."""
-    used = [r for r in runs if r["last_eval"] == gpt_sweep.ITERS]
+def summarise(runs: List[dict], shares: Dict[str, Dict[str, float]],
+              baseline=uniform_of) -> Dict[str, dict]:
+    """Per variant: curves, finals, paired differences to uniform, steps to target, weights.
+
+    ``baseline(group)`` names the variant every other variant of ``group`` is paired with."""
+    used = [r for r in runs if r["last_eval"] == _iters(r)]
     by_variant = defaultdict(dict)
     for r in used:
         by_variant[variant_of(r)][r["seed"]] = r
@@ -176,7 +201,7 @@ def summarise(runs: List[dict], shares: Dict[str, Dict[str, float]]) -> Dict[str
         group, doms = first["group"], domains[first["group"]]
         finals = {s: _finals(r, doms) for s, r in sorted(seeds.items())}
         keys = ["all", *doms, MEAN_DOMAINS]
-        uni = {s: _finals(r, doms) for s, r in by_variant.get(f"{group}-uniform-r1", {}).items()}
+        uni = {s: _finals(r, doms) for s, r in by_variant.get(baseline(group), {}).items()}
         target = statistics.median(f["all"] for f in uni.values()) if uni else None
         s = {"group": group, "strategy": first["strategy"], "r": first["r"],
              "seeds": sorted(seeds),
@@ -184,7 +209,7 @@ def summarise(runs: List[dict], shares: Dict[str, Dict[str, float]]) -> Dict[str
                         for k in ["all", *doms]},
              "final": {k: {**spread([f[k] for f in finals.values()]),
                            "per_seed": {str(sd): f[k] for sd, f in finals.items()}} for k in keys}}
-        if uni and first["strategy"] != "uniform":
+        if uni and v != baseline(group):
             s["vs_uniform"] = {}
             for k in keys:
                 diffs = {sd: finals[sd][k] - uni[sd][k] for sd in finals if sd in uni}
@@ -218,14 +243,18 @@ def _steps(x: Optional[float]) -> str:
     return "n.r." if x is None else f"{x:.0f}"
 
 
-def print_summary(report: dict) -> None:
-    """The tables a reader needs: finals vs uniform, per-domain differences, weights."""
+def print_summary(report: dict, width: int = 22, last: str = str(gpt_sweep.ITERS),
+                  source: str = "gpt_sweep.json") -> None:
+    """The tables a reader needs: finals vs uniform, per-domain differences, weights.
+
+    ``width``: of the variant column; ``last``: how the header names the final iteration;
+    ``source``: the JSON file whose definitions the header points to."""
     variants = report["variants"]
     print(f"runs used: {len(report['runs_used'])}; unfinished: "
           f"{', '.join(report['unfinished']) or 'none'}; missing: {len(report['missing'])}")
-    print(f"\nvalid/all lm loss at iteration {gpt_sweep.ITERS} (median [min, max] over seeds); "
-          f"diff = variant - uniform, paired by seed; verdict: see gpt_sweep.json definitions")
-    print(f"{'variant':22s} {'n':>2s} {'valid/all':>25s} {'diff vs uniform':>26s} "
+    print(f"\nvalid/all lm loss at iteration {last} (median [min, max] over seeds); "
+          f"diff = variant - uniform, paired by seed; verdict: see {source} definitions")
+    print(f"{'variant':{width}s} {'n':>2s} {'valid/all':>25s} {'diff vs uniform':>26s} "
           f"{'verdict':>17s} {'mean-of-domains':>17s}  steps to uniform's final: median, per seed")
     for v, s in variants.items():
         f, d = s["final"]["all"], s.get("vs_uniform", {})
@@ -234,21 +263,21 @@ def print_summary(report: dict) -> None:
         st = s.get("steps_to_target")  # absent when the group has no finished uniform run
         steps = (f"{_steps(st['median'])} ({' '.join(map(_steps, st['per_seed'].values()))})"
                  if st else "")
-        print(f"{v:22s} {f['n']:2d} {f['median']:8.4f} [{f['min']:.4f}, {f['max']:.4f}] "
+        print(f"{v:{width}s} {f['n']:2d} {f['median']:8.4f} [{f['min']:.4f}, {f['max']:.4f}] "
               f"{diff:>26s} {d.get('all', {}).get('verdict', ''):>17s} "
               f"{d.get(MEAN_DOMAINS, {}).get('verdict', ''):>17s}  {steps}")
-    print(f"\nper-domain validation loss diff vs uniform at {gpt_sweep.ITERS} (median over seeds;"
+    print(f"\nper-domain validation loss diff vs uniform at {last} (median over seeds;"
           " * = beyond seed noise)")
     for group in sorted({s["group"] for s in variants.values()}):
         rows = {v: s for v, s in variants.items() if s["group"] == group and "vs_uniform" in s}
         if not rows:
             continue
         keys = [k for k in next(iter(rows.values()))["vs_uniform"] if k != "all"]
-        print(f"{group:22s} " + " ".join(f"{k.replace('mean of domains', 'mean')[:9]:>10s}"
+        print(f"{group:{width}s} " + " ".join(f"{k.replace('mean of domains', 'mean')[:9]:>10s}"
                                          for k in keys))
         for v, s in rows.items():
             cells = [s["vs_uniform"][k] for k in keys]
-            print(f"{v:22s} " + " ".join(
+            print(f"{v:{width}s} " + " ".join(
                 f"{c['median']:+9.4f}{'*' if c['verdict'] in ('lower', 'higher') else ' '}"
                 if c.get("n") else f"{'-':>10s}" for c in cells))
     print("\nmean sample weight per domain after burn-in (median over seeds; 1 = uniform); "
@@ -259,7 +288,7 @@ def print_summary(report: dict) -> None:
             f" [{w['mass'][d]:.3f}/{w['share'][d]:.3f}]"
             if d in ("duplicated", "random") and w["mass"].get(d) is not None else "")
             for d in w["mean"]]
-        print(f"{v:22s} " + " ".join(cells))
+        print(f"{v:{width}s} " + " ".join(cells))
 
 
 def build(runs_dir: str) -> dict:

@@ -15,7 +15,7 @@ from tests.workers.launch import REPO
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "*.sh")))
 # World sizes each config is written for: one 8-GPU node for the GPU ones, 2 CPU ranks for the
 # CPU ones.
-WORLD = {"tiny_cpu": 2, "smoke_cpu": 2, "gpt_125m": 8, "gpt_1b": 8}
+WORLD = {"tiny_cpu": 2, "small_cpu": 2, "smoke_cpu": 2, "gpt_125m": 8, "gpt_1b": 8}
 DATA = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
         "--tokenizer-model", "x.model", "--save", "runs/x"]  # what the launcher adds
 
