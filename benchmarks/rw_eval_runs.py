@@ -13,6 +13,7 @@ import os
 import resource
 import shlex
 import subprocess
+import time
 from typing import Optional, Tuple
 
 from benchmarks import gpt_sweep
@@ -98,9 +99,21 @@ def commit_results(results_dir: str, message: str, repo: str = REPO) -> bool:
              if os.path.exists(os.path.join(results_dir, n))]
     if not paths:
         return False
-    subprocess.run(["git", "-C", repo, "add", "--", *paths], check=True)
-    unchanged = subprocess.run(["git", "-C", repo, "diff", "--cached", "--quiet", "--", *paths])
-    if unchanged.returncode == 0:
-        return False
-    subprocess.run(["git", "-C", repo, "commit", "-q", "-m", message, "--", *paths], check=True)
-    return True
+    # Someone may be committing in the same repository (git's index.lock): retry, and if it
+    # still fails leave the files for the next run's commit rather than stop the evaluation.
+    for attempt in range(5):
+        try:
+            subprocess.run(["git", "-C", repo, "add", "--", *paths], check=True)
+            unchanged = subprocess.run(
+                ["git", "-C", repo, "diff", "--cached", "--quiet", "--", *paths])
+            if unchanged.returncode == 0:
+                return False
+            subprocess.run(["git", "-C", repo, "commit", "-q", "-m", message, "--", *paths],
+                           check=True)
+            return True
+        except subprocess.CalledProcessError as e:
+            print(f"rw_eval: git failed ({e}); attempt {attempt + 1} of 5", flush=True)
+            time.sleep(10)
+    print("rw_eval: results not committed; the next finished run's commit will carry them",
+          flush=True)
+    return False
