@@ -11,7 +11,7 @@ from typing import Optional, Union
 
 import torch
 
-from megatron_rw.strategies import StrategyFn, get_strategy
+from megatron_rw.strategies import StrategyFn, get_normaliser, get_strategy
 
 # Floor of the loss range in the normalisation. When every valid loss is (almost) equal the
 # normalised losses become 0 instead of 0/0, which every strategy maps to equal weights.
@@ -44,6 +44,24 @@ def normalise_losses(
     return torch.where(valid, x.clamp(-delta, delta), torch.zeros_like(x))
 
 
+def normalise_for(
+    strategy: Union[str, StrategyFn], losses: torch.Tensor, valid: torch.Tensor, delta: float
+) -> torch.Tensor:
+    """What ``strategy`` scores: its own normaliser's output, else :func:`normalise_losses`.
+
+    Args:
+        strategy: a registered strategy name or function.
+        losses: float32 ``[N]``.
+        valid: bool ``[N]``.
+        delta: half-width of the normalised-loss interval.
+
+    Returns:
+        float32 ``[N]``; 0 for invalid entries.
+    """
+    normalise = get_normaliser(strategy) or normalise_losses
+    return normalise(losses, valid, delta)
+
+
 def compute_sample_weights(
     losses: torch.Tensor,
     strategy: Union[str, StrategyFn],
@@ -54,7 +72,8 @@ def compute_sample_weights(
     """Loss-based sample weights with mean exactly 1 over the valid samples.
 
     ``w_i = N_valid * exp((f_i - max f) / r) / sum_valid exp((f_j - max f) / r)`` where
-    ``f = strategy(normalise(losses))``. This is the closed-form maximiser of
+    ``f = strategy(normalise(losses))`` (``normalise`` is the strategy's own normaliser if it
+    was registered with one, else :func:`normalise_losses`). This is the closed-form maximiser of
     ``sum_i w_i f_i - r KL(w || uniform)`` on the simplex, rescaled so that the weights multiply
     per-sample losses without changing the loss scale. ``r = inf`` gives uniform weights, and the
     ``uniform`` strategy gives weights that are exactly 1.0 (bit-for-bit), whatever ``r``.
@@ -82,7 +101,7 @@ def compute_sample_weights(
     if valid is not None:
         ok = ok & valid.to(device=losses.device, dtype=torch.bool)
 
-    scores = fn(normalise_losses(losses, ok, delta), delta).float()
+    scores = fn(normalise_for(strategy, losses, ok, delta), delta).float()
     neg_inf = torch.full_like(scores, -math.inf)
     top = torch.where(ok, scores, neg_inf).amax()
     # Subtracting the max keeps exp() <= 1 (no overflow for small r); the max term is exp(0) = 1,
