@@ -16,12 +16,16 @@ token ids), ``duplicated`` (documents repeated 250 times) and ``clean`` (the 7 r
 statistics per group and per window of iterations. ``--strategies`` also replays each logged
 micro-batch through ``compute_sample_weights`` (the losses of this run, weights of another
 strategy): each group's mean weight, its share of the total weight, and how often an injected
-random row's weight is above its batch's median weight.
+random row's weight is above its batch's median weight; ``sensitivity`` does the same for the
+``robust`` strategy's constants around the chosen ones, and ``logged`` summarises the weights the
+run itself applied.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import math
 import os
@@ -33,11 +37,14 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from megatron_rw import compute_sample_weights
+from megatron_rw.robust import robust_positions, robust_score
 from megatron_rw.training.data import domain_name
 
 GROUPS = ("clean", "duplicated", "random")
 Z_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
 THRESHOLDS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
+# robust's (LOW_RAMP, PLATEAU_END, FALL) tried around the chosen (2, 1, 1), at r = 0.4
+GRID = {"low_ramp": (1.0, 1.5, 2.0, 3.0), "plateau_end": (0.5, 1.0, 1.5), "fall": (0.5, 1.0, 2.0)}
 
 
 def train_domain_names(manifest: str) -> List[str]:
@@ -61,8 +68,9 @@ def load_batches(run: str, names: Sequence[str]) -> List[dict]:
             row = json.loads(line)
             keep = [i for i, (ok, l) in enumerate(zip(row["valid"], row["loss"]))
                     if ok and math.isfinite(l)]
-            out.append({"iteration": row["iteration"],
+            out.append({"iteration": row["iteration"], "r": row["r"],
                         "loss": torch.tensor([row["loss"][i] for i in keep], dtype=torch.float64),
+                        "weight": [row["weight"][i] for i in keep],
                         "group": [group_of(names[row["domain"][i]]) for i in keep]})
     return out
 
@@ -110,12 +118,12 @@ def window_summary(batches: List[dict]) -> dict:
     return out
 
 
-def replay(batches: List[dict], strategy: str, r: float) -> dict:
-    """Weights ``strategy`` at ``r`` would give the logged losses, per group."""
+def group_weights(batches: List[dict], weigh) -> dict:
+    """Per group: mean weight and share of the total weight, with ``weigh(batch) -> [n]``."""
     w_sum, n = defaultdict(float), defaultdict(int)
     above_median, random_rows = 0, 0
     for b in batches:
-        w = compute_sample_weights(b["loss"].float(), strategy, r)
+        w = torch.as_tensor(weigh(b), dtype=torch.float64)
         med = w.median().item()
         for g, wi in zip(b["group"], w.tolist()):
             w_sum[g] += wi
@@ -130,6 +138,29 @@ def replay(batches: List[dict], strategy: str, r: float) -> dict:
         "random_rows_above_batch_median_weight": above_median / random_rows if random_rows else None}
 
 
+def replay(batches: List[dict], strategy: str, r: float) -> dict:
+    """Weights ``strategy`` at ``r`` would give the logged losses, per group."""
+    return group_weights(batches, lambda b: compute_sample_weights(b["loss"].float(), strategy, r))
+
+
+def robust_variant(loss: torch.Tensor, r: float, **knots) -> torch.Tensor:
+    """``robust``'s weights with other constants (mean 1; every logged row is valid)."""
+    loss = loss.float()
+    z = robust_positions(loss, torch.ones_like(loss, dtype=torch.bool), 1.0)
+    return len(loss) * torch.softmax(robust_score(z, 1.0, **knots) / r, dim=0)
+
+
+def sensitivity(batches: List[dict], r: float = 0.4) -> List[dict]:
+    """Group mean weights for every combination of ``GRID``'s constants."""
+    out = []
+    for values in itertools.product(*GRID.values()):
+        knots = dict(zip(GRID, values))
+        rep = group_weights(batches, lambda b: robust_variant(b["loss"], r, **knots))
+        out.append(knots | {g: rep[g]["mean_weight"] for g in GROUPS} | {
+            "random_rows_above_batch_median_weight": rep["random_rows_above_batch_median_weight"]})
+    return out
+
+
 def parse_windows(text: str) -> List[Tuple[int, int]]:
     return [tuple(int(v) for v in w.split(":")) for w in text.split(",")]
 
@@ -142,7 +173,8 @@ def main(argv=None) -> int:
                    help="iteration windows [start:end) to summarise, comma separated")
     p.add_argument("--burn-in", type=int, default=40,
                    help="replayed weights use the iterations after this one")
-    p.add_argument("--strategies", nargs="*", default=["linupper:0.4", "linupper:1.0"],
+    p.add_argument("--strategies", nargs="*",
+                   default=["linupper:0.4", "robust:0.4", "linupper:1.0", "robust:1.0"],
                    help="strategy:r pairs to replay on the logged losses")
     p.add_argument("--out", default="results/loss_distribution.json")
     p.add_argument("--png", default=None, help="also draw the z distributions here")
@@ -161,6 +193,8 @@ def main(argv=None) -> int:
     for spec in a.strategies:
         strategy, r = spec.split(":")
         replays[spec] = replay(after, strategy, float(r))
+    # The weights the run applied (1 everywhere for a uniform run).
+    logged = group_weights([b for b in after if math.isfinite(b["r"])], lambda b: b["weight"])
     report = {
         "command": "python -m benchmarks.loss_distribution " + " ".join(sys.argv[1:] if argv is None
                                                                         else argv),
@@ -171,9 +205,14 @@ def main(argv=None) -> int:
             "share_z_above": "share of the group's rows with z > threshold",
             "replay": "compute_sample_weights on each logged micro-batch after burn-in; "
                       "mean_weight 1 = uniform; share_of_weight = the group's share of the "
-                      "total weight (uniform: its share of the rows)"},
+                      "total weight (uniform: its share of the rows)",
+            "sensitivity": "replay of robust at r = 0.4 with other (low_ramp, plateau_end, "
+                           "fall)",
+            "logged": "the weights the run itself applied, after burn-in, per group"},
         "windows": windows,
         "replay": replays,
+        "sensitivity": sensitivity(after),
+        "logged": logged,
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w", encoding="utf-8") as f:
@@ -207,6 +246,14 @@ def print_summary(report: dict) -> None:
                           for g in GROUPS)
         print(f"replay {spec:14s} mean weight/share: {cells}  random above batch median "
               f"{rep['random_rows_above_batch_median_weight']:.2f}")
+    rep = report["logged"]
+    cells = "  ".join(f"{g} {rep[g]['mean_weight']:.3f}/{rep[g]['share_of_weight']:.3f}"
+                      for g in GROUPS if rep[g]["mean_weight"] is not None)
+    print(f"logged (the run's own weights) mean weight/share: {cells}")
+    print("sensitivity (robust r 0.4; low_ramp plateau_end fall: mean weight clean/dup/random):")
+    for row in report["sensitivity"]:
+        print(f"  {row['low_ramp']:g} {row['plateau_end']:g} {row['fall']:g}: {row['clean']:.3f} "
+              f"{row['duplicated']:.3f} {row['random']:.3f}")
 
 
 def plot(batches: List[dict], windows: List[Tuple[int, int]], path: str) -> None:
