@@ -161,6 +161,28 @@ def sensitivity(batches: List[dict], r: float = 0.4) -> List[dict]:
     return out
 
 
+def run_metrics(run: str) -> dict:
+    """From the run's ``metrics.jsonl``: each domain's mean of ``train/sample weight/<domain>``
+    over the logged intervals after burn-in (finite r), and the last validation losses."""
+    weights, last_eval = defaultdict(list), {}
+    path = os.path.join(run, "metrics.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line) if line.strip() else {}
+            if math.isfinite(row.get("train/reweight r", math.inf)):
+                for k, v in row.items():
+                    if k.startswith("train/sample weight/"):
+                        weights[k[len("train/sample weight/"):]].append(v)
+            if any(k.startswith("valid/") for k in row):
+                last_eval = {"iteration": row["iteration"]} | {
+                    k[len("valid/"):-len("/lm loss")]: v for k, v in row.items()
+                    if k.startswith("valid/") and k.endswith("/lm loss")}
+    return {"mean_weight_per_domain": {d: statistics.mean(v) for d, v in sorted(weights.items())},
+            "last_validation_loss": last_eval}
+
+
 def parse_windows(text: str) -> List[Tuple[int, int]]:
     return [tuple(int(v) for v in w.split(":")) for w in text.split(",")]
 
@@ -208,11 +230,14 @@ def main(argv=None) -> int:
                       "total weight (uniform: its share of the rows)",
             "sensitivity": "replay of robust at r = 0.4 with other (low_ramp, plateau_end, "
                            "fall)",
-            "logged": "the weights the run itself applied, after burn-in, per group"},
+            "logged": "the weights the run itself applied, after burn-in, per group",
+            "metrics": "from metrics.jsonl: mean over logged intervals after burn-in of "
+                       "train/sample weight/<domain>; the last evaluation's losses"},
         "windows": windows,
         "replay": replays,
         "sensitivity": sensitivity(after),
         "logged": logged,
+        "metrics": run_metrics(a.run),
     }
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w", encoding="utf-8") as f:
