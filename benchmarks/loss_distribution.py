@@ -37,7 +37,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from megatron_rw import compute_sample_weights
-from megatron_rw.robust import robust_positions, robust_score
+from megatron_rw.robust import FALL, LOW_RAMP, PLATEAU_END, robust_positions, robust_score
 from megatron_rw.training.data import domain_name
 
 GROUPS = ("clean", "duplicated", "random")
@@ -298,7 +298,10 @@ def plot(batches: List[dict], windows: List[Tuple[int, int]], path: str) -> None
             if per[g]:
                 ax.hist(per[g], bins=40, range=(-12, 12), density=True, alpha=0.5,
                         color=colours[g], label=f"{g} ({len(per[g])})")
-        ax.set_title(f"iterations {s}-{e - 1}")
+        # robust's knots: score 0 below -LOW_RAMP, top on [0, PLATEAU_END], 0 beyond + FALL
+        for knot in (-LOW_RAMP, 0.0, PLATEAU_END, PLATEAU_END + FALL):
+            ax.axvline(knot, color="black", lw=0.6, ls="--")
+        ax.set_title(f"iterations {s}-{e - 1} (dashed: robust's knots)")
         ax.set_xlabel("(loss - batch median) / batch IQR")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("density")
