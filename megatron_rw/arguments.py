@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_rw.config import SCHEDULES, ReweightConfig
+from megatron_rw.config import SCHEDULES, UNITS, ReweightConfig
 from megatron_rw.strategies import available_strategies
 
 _DEFAULTS = ReweightConfig()
@@ -26,6 +26,23 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (0 = off), got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
     return value
 
 
@@ -69,6 +86,27 @@ def add_sample_reweight_args(parser: argparse.ArgumentParser) -> argparse.Argume
     g.add_argument("--sample-reweight-delta", type=_positive_float, default=_DEFAULTS.delta,
                    help="Per-sample losses are normalised to [-delta, delta]. "
                         f"Default: {_DEFAULTS.delta}.")
+    g.add_argument("--sample-reweight-target-ess", type=_fraction, default=_DEFAULTS.target_ess,
+                   metavar="E",
+                   help="After burn-in, choose each micro-batch's r so that its weights' "
+                        "effective sample size (sum w)^2 / (N sum w^2) is E (nearest reachable "
+                        "value otherwise); the chosen r is logged as 'reweight r'. Replaces "
+                        "--sample-reweight-r; needs the constant schedule. 0 = off. "
+                        f"Default: {_DEFAULTS.target_ess:g}.")
+    g.add_argument("--sample-reweight-unit", choices=UNITS, default=_DEFAULTS.unit,
+                   help="What gets one weight: sample (a packed row, as in the paper) or "
+                        "document (each document of a row, split after every end-of-document "
+                        f"label, with its own loss). Default: {_DEFAULTS.unit}.")
+    g.add_argument("--sample-reweight-max-documents", type=_positive_int,
+                   default=_DEFAULTS.max_documents, metavar="K",
+                   help="With --sample-reweight-unit document: weighted documents per row; later "
+                        "documents of a row share the last one's weight. "
+                        f"Default: {_DEFAULTS.max_documents}.")
+    g.add_argument("--sample-reweight-preview", type=_strategy, default=_DEFAULTS.preview or None,
+                   metavar="NAME",
+                   help="Also compute the weights strategy NAME would give (same r or target "
+                        "ESS, same unit) and log them per domain ('preview weight/<domain>', "
+                        "'preview weight ess') without applying them. Default: off.")
     g.add_argument("--sample-reweight-skip-nonfinite", action="store_true",
                    help="Give samples with a NaN/Inf loss weight 0 and count them (invalid "
                         "samples) instead of stopping the run with Megatron's NaN/Inf check. "

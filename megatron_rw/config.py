@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from megatron_rw.strategies import available_strategies
 
 SCHEDULES = ("constant", "linear", "geometric")
+UNITS = ("sample", "document")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,27 @@ class ReweightConfig:
     delta: float = 1.0
     """Half-width of the interval losses are normalised to (``[-delta, delta]``; the paper uses 1)."""
 
+    target_ess: float = 0.0
+    """If > 0: after burn-in, each global micro-batch's r is chosen (on the device, identically on
+    every rank) so that its weights' effective sample size ``(Σw)² / (N Σw²)`` is this fraction
+    of N (the nearest reachable value when it cannot be reached). Replaces r and its schedule,
+    which then must stay ``constant``. 0 = off: r follows the schedule."""
+
+    unit: str = "sample"
+    """What gets one weight: ``sample`` (a packed row, as in the paper) or ``document`` (each
+    document segment of a row, split after every end-of-document label, with its own
+    length-normalised loss; normalised over every document of the global micro-batch)."""
+
+    max_documents: int = 32
+    """With ``unit="document"``: unit slots per row. Every rank all-gathers ``b * max_documents``
+    losses (a fixed size, so no rank waits to learn another's count); documents past the last
+    slot share it."""
+
+    preview: str = ""
+    """A strategy whose weights are computed and reported (``preview weight/<domain>``, ``preview
+    weight ess``) but not applied: see on your own data what it would do before committing a run.
+    Uses the same r (or target ESS) and unit. Empty = off."""
+
     skip_nonfinite: bool = False
     """Ride through samples whose loss is NaN or Inf: weight 0, counted in ``invalid samples``.
     Off by default: a non-finite loss is how divergence and corrupted data show themselves, so
@@ -64,12 +86,24 @@ class ReweightConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 fail(name, f"must be a finite number > 0, got {value!r}")
-        for name in ("warmup_iters", "anneal_iters"):
+        for name in ("warmup_iters", "anneal_iters", "max_documents"):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
                 fail(name, f"must be an integer >= 0, got {value!r}")
         if not isinstance(self.skip_nonfinite, bool):
             fail("skip_nonfinite", f"must be True or False, got {self.skip_nonfinite!r}")
+        if self.preview and self.preview not in available_strategies():
+            fail("preview", f"unknown strategy {self.preview!r}; known strategies: "
+                 + ", ".join(available_strategies()))
+        if self.unit not in UNITS:
+            fail("unit", f"unknown unit {self.unit!r}; known: {', '.join(UNITS)}")
+        if self.max_documents < 1:
+            fail("max_documents", f"must be >= 1, got {self.max_documents}")
+        if not (isinstance(self.target_ess, (int, float)) and 0.0 <= self.target_ess <= 1.0):
+            fail("target_ess", f"must be in (0, 1] (0 = off), got {self.target_ess!r}")
+        if self.target_ess > 0 and self.schedule != "constant":
+            fail("target_ess", f"chooses r itself; it cannot follow schedule {self.schedule!r} "
+                 "(use --sample-reweight-schedule constant)")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.schedule != "constant" and self.anneal_iters == 0:
@@ -77,11 +111,13 @@ class ReweightConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ReweightConfig":
-        """Build from parsed arguments (``args.sample_reweight_<field>``); missing ones take defaults."""
+        """Build from parsed arguments (``args.sample_reweight_<field>``); missing or None ones take
+        defaults."""
         kwargs = {}
         for f in fields(cls):
             key = "sample_reweight_" + f.name
-            if hasattr(args, key):
+            # None: the flag's "off" (argparse would run a type check on a "" default).
+            if getattr(args, key, None) is not None:
                 kwargs[f.name] = getattr(args, key)
         return cls(**kwargs)
 
@@ -89,3 +125,8 @@ class ReweightConfig:
     def enabled(self) -> bool:
         """True unless the strategy is ``uniform`` (which reproduces the baseline exactly)."""
         return self.strategy != "uniform"
+
+    @property
+    def units_per_row(self) -> int:
+        """Weighted units per row: 1 for samples, ``max_documents`` for documents."""
+        return self.max_documents if self.unit == "document" else 1

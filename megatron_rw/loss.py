@@ -1,14 +1,16 @@
 """The loss hook: Megatron-LM's ``loss_func`` contract with loss-based sample weights.
 
-Per micro-batch, on the last pipeline stage of every (TP, CP, DP) rank:
+Per micro-batch, on the last pipeline stage of every (TP, CP, DP) rank, with ``U`` units per row
+(1: the row is the sample; ``max_documents``: one per document, :mod:`megatron_rw.units`):
 
-1. per-sample partial ``(sum_t mask*l, sum_t mask)`` over this rank's tokens ``[b, 2]``;
+1. per-unit partial ``(sum_t mask*l, sum_t mask)`` over this rank's tokens ``[b * U, 2]``;
 2. all-reduce over the context-parallel group -> whole-sequence sums, so every CP rank of a
-   sample computes the same per-sample loss;
-3. per-sample loss ``sum / count`` (invalid: no tokens or non-finite -> NaN);
-4. all-gather over the data-parallel group -> ``[DP * b]``, the global micro-batch;
-5. weights (mean 1 over valid samples) from :func:`compute_sample_weights`, keep this rank's rows;
-6. each token loss is multiplied by its sample's weight; Megatron's own normalisation (by tokens
+   unit computes the same per-unit loss;
+3. per-unit loss ``sum / count`` (NaN if not finite, -inf if the unit has no tokens);
+4. all-gather over the data-parallel group -> ``[DP * b * U]``, the global micro-batch;
+5. scores, r (the schedule's, or the one with the target ESS) and weights (mean 1 over valid
+   units), :mod:`megatron_rw.weights` / :mod:`megatron_rw.ess`; keep this rank's units;
+6. each token loss is multiplied by its unit's weight; Megatron's own normalisation (by tokens
    and micro-batches, or per token across DP) stays untouched.
 
 Weights are normalised per global micro-batch, not per global batch: the whole batch's losses
@@ -17,6 +19,8 @@ would be needed before any backward, which 1F1B pipelining never has. The paper 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -27,11 +31,13 @@ from megatron_rw.collectives import (
     sum_over_context_parallel,
 )
 from megatron_rw.config import ReweightConfig
+from megatron_rw.ess import temperature_for_ess
 from megatron_rw.nonfinite import check_finite_loss
 from megatron_rw.schedule import temperature_at
 from megatron_rw.stats import weight_statistics
 from megatron_rw.telemetry import SampleTelemetry, domain_report
-from megatron_rw.weights import compute_sample_weights, normalise_losses
+from megatron_rw.units import per_token, unit_sums
+from megatron_rw.weights import normalise_losses, sample_scores, softmax_weights
 
 CONTRACTS = ("token_sum", "mean")
 
@@ -47,6 +53,21 @@ STAT_KEYS = {
     "loss_range": "sample loss range",
     "invalid": "invalid samples",
 }
+TEMPERATURE = "reweight r"
+PREVIEW_ESS = "preview weight ess"
+PREVIEW_WEIGHT = "preview weight/{}"
+
+
+def _weights(config: ReweightConfig, strategy: str, global_losses: torch.Tensor,
+             iteration: int) -> Tuple[torch.Tensor, Union[float, torch.Tensor]]:
+    """Weights ``[N]`` of the global micro-batch for ``strategy``, and the r they used: the
+    schedule's (a float; inf during burn-in) or, with a target ESS, the one chosen for these
+    scores (a 0-dim tensor: no host sync)."""
+    scores, ok = sample_scores(global_losses, strategy, config.delta)
+    r = temperature_at(config, iteration)
+    if config.target_ess > 0 and math.isfinite(r):
+        r = temperature_for_ess(scores, ok, config.target_ess)
+    return softmax_weights(scores, ok, r), r
 
 
 def reweighted_loss_func(
@@ -58,6 +79,7 @@ def reweighted_loss_func(
     contract: str = "token_sum",
     groups: Optional[ReweightGroups] = None,
     telemetry: Optional[SampleTelemetry] = None,
+    units: Optional[torch.Tensor] = None,
 ) -> Union[
     Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]],
     Tuple[torch.Tensor, Dict[str, torch.Tensor]],
@@ -79,43 +101,66 @@ def reweighted_loss_func(
         groups: process groups; default ``ReweightGroups.from_parallel_state()``.
         telemetry: optional per-domain report and per-sample sink (see
             :class:`~megatron_rw.telemetry.SampleTelemetry`); None costs nothing.
+        units: int ``[b, s_local]``, each token's document slot in ``[0, config.max_documents)``
+            (:func:`megatron_rw.units.document_units` of the whole rows, then sliced for context
+            parallelism like the labels); required when ``config.unit == "document"``, where
+            every (row, slot) is a unit of its own and ``b`` below becomes ``b * max_documents``.
 
     Returns:
         The contract's tuple. ``num_tokens`` (int) counts this rank's tokens of valid samples.
         ``report`` maps keys to ``[sum, count]`` float32 pairs: ``lm loss`` (unweighted),
         ``weighted lm loss`` and the weight statistics of :data:`STAT_KEYS`; with
-        ``telemetry.domain_ids`` also ``sample weight/<domain>`` and ``sample loss/<domain>``.
+        ``config.target_ess`` after burn-in the chosen r (:data:`TEMPERATURE`); with
+        ``config.preview`` the preview's ESS; with ``telemetry.domain_ids`` also
+        ``sample weight/<domain>`` and ``sample loss/<domain>`` (and ``preview weight/<domain>``).
     """
     if contract not in CONTRACTS:
         raise ValueError(f"contract must be one of {CONTRACTS}, got {contract!r}")
     if groups is None:
         groups = ReweightGroups.from_parallel_state()
+    per_doc = config.unit == "document"
+    if per_doc and units is None:
+        raise ValueError("sample reweighting with unit 'document' needs each token's document "
+                         "slot (units=megatron_rw.units.document_units(labels, eod, "
+                         "config.max_documents))")
     b = output_tensor.shape[0]
+    k = config.units_per_row
     # fp32 whatever the model's dtype; the view mirrors Megatron-LM's flat sums below.
     losses = output_tensor.float().reshape(b, -1)
     mask = loss_mask.float().reshape(b, -1)
 
     with torch.no_grad():
         local_counts = mask.sum(dim=1)
-        partial = torch.stack([(losses * mask).sum(dim=1), local_counts], dim=1)
+        if per_doc:
+            partial = unit_sums(torch.stack([losses * mask, mask], dim=2), units, k)  # [b*k, 2]
+        else:
+            partial = torch.stack([(losses * mask).sum(dim=1), local_counts], dim=1)  # [b, 2]
         sums, counts = sum_over_context_parallel(partial, groups.context_parallel).unbind(1)
-        # Length-normalised per-sample loss. No tokens (Megatron's padding samples) gives 0/0 and
-        # a NaN token loss gives NaN: both are invalid and get weight 0.
-        per_sample = sums / counts
-        valid = (counts > 0) & torch.isfinite(per_sample)
-        per_sample = torch.where(valid, per_sample, torch.full_like(per_sample, float("nan")))
+        # Length-normalised loss per unit. A unit with tokens whose loss is not finite is
+        # invalid and marked NaN (counted as `invalid samples`); one without tokens (Megatron's
+        # padding rows, unused document slots) is marked -inf. Both get weight 0.
+        per_unit = sums / counts
+        present = counts > 0
+        valid = present & torch.isfinite(per_unit)
+        per_unit = torch.where(valid, per_unit, torch.where(
+            present, torch.full_like(per_unit, float("nan")), torch.full_like(per_unit, -math.inf)))
 
-        global_losses, offset = gather_over_data_parallel(per_sample, groups.data_parallel)
-        r = temperature_at(config, iteration)
-        global_weights = compute_sample_weights(global_losses, config.strategy, r, config.delta)
-        weights = global_weights.narrow(0, offset, b)
-        token_weights = (mask * weights[:, None]).view(-1)
-        num_tokens = torch.where(valid, local_counts, torch.zeros_like(local_counts)).sum()
+        global_losses, offset = gather_over_data_parallel(per_unit, groups.data_parallel)
+        global_weights, r = _weights(config, config.strategy, global_losses, iteration)
+        weights = global_weights.narrow(0, offset, b * k)
+        if per_doc:
+            token_valid = per_token(valid, units, k)
+            token_weights = (mask * per_token(weights, units, k)).view(-1)
+            num_tokens = torch.where(token_valid, mask, torch.zeros_like(mask)).sum()
+        else:
+            token_valid = valid[:, None]
+            token_weights = (mask * weights[:, None]).view(-1)
+            num_tokens = torch.where(valid, local_counts, torch.zeros_like(local_counts)).sum()
 
     # torch.where, not a multiply by 0: NaN * 0 is NaN. With every sample valid it returns the
     # losses unchanged, and with weights of exactly 1.0 (uniform) token_weights == mask, so the
     # flat product-and-sum is the same floating-point computation as Megatron-LM's baseline.
-    kept = torch.where(valid[:, None], losses, torch.zeros_like(losses)).view(-1)
+    kept = torch.where(token_valid, losses, torch.zeros_like(losses)).view(-1)
     weighted_sum = torch.sum(kept * token_weights)
 
     with torch.no_grad():
@@ -127,9 +172,23 @@ def reweighted_loss_func(
         one = torch.ones((), dtype=torch.float32, device=weights.device)
         for name, value in weight_statistics(global_weights, global_losses).items():
             report[STAT_KEYS[name]] = torch.stack([value.float(), one])
+        if isinstance(r, torch.Tensor):
+            report[TEMPERATURE] = torch.stack([r.float(), one])
+        if telemetry is not None and telemetry.domain_ids is not None and per_doc:
+            # A document belongs to its row's domain.
+            telemetry = dataclasses.replace(
+                telemetry, domain_ids=telemetry.domain_ids.repeat_interleave(k))
         if telemetry is not None:
-            _telemetry(telemetry, report, per_sample, weights, valid, global_losses, offset,
+            _telemetry(telemetry, report, per_unit, weights, valid, global_losses, offset,
                        config.delta)
+        if config.preview:
+            preview, _ = _weights(config, config.preview, global_losses, iteration)
+            report[PREVIEW_ESS] = torch.stack(
+                [weight_statistics(preview, global_losses)["ess"].float(), one])
+            if telemetry is not None and telemetry.domain_ids is not None:
+                report.update(domain_report(
+                    preview.narrow(0, offset, b * k), per_unit, valid, telemetry.domain_ids,
+                    telemetry.domain_names, weight_key=PREVIEW_WEIGHT, loss_key=None))
 
     if contract == "mean":
         # Legacy contract: mean over the whole sequences' tokens (summed over CP, as Megatron-LM's

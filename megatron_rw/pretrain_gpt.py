@@ -47,11 +47,13 @@ from megatron_rw.compat import slice_for_context_parallel  # noqa: E402
 from megatron_rw.config import ReweightConfig  # noqa: E402
 from megatron_rw.cpu_layers import cpu_gpt_block_spec  # noqa: E402
 from megatron_rw.data.tokenizer import SentencePieceTokenizer  # noqa: E402
-from megatron_rw.loss import LM_LOSS, checked_loss_func  # noqa: E402
+from megatron_rw.loss import (  # noqa: E402
+    LM_LOSS, PREVIEW_ESS, PREVIEW_WEIGHT, TEMPERATURE, checked_loss_func)
 from megatron_rw.schedule import temperature_at  # noqa: E402
 from megatron_rw.telemetry import DOMAIN_LOSS, DOMAIN_WEIGHT, SampleTelemetry  # noqa: E402
 from megatron_rw.training import checkpoint  # noqa: E402
 from megatron_rw.training.arguments import ArgumentError, parse_args, validate_layout  # noqa: E402
+from megatron_rw.units import document_units  # noqa: E402
 from megatron_rw.training.data import (  # noqa: E402
     build_datasets, check_data, data_blends, micro_batches, train_domains)
 from megatron_rw.training.metrics import (  # noqa: E402
@@ -127,31 +129,40 @@ def build_model(args, vocab_size: int):
     return model, optimizer, scheduler, config
 
 
-def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, data_iterator, model):
+def forward_step(rw_config: ReweightConfig, iteration: int, telemetry, eod: int, data_iterator,
+                 model):
     """Megatron-LM's forward_step with the reweighted loss. ``telemetry`` is None or a
-    ``SampleTelemetry`` without ids; this micro-batch's come from the blend's ``dataset_id``."""
+    ``SampleTelemetry`` without ids; this micro-batch's come from the blend's ``dataset_id``.
+    With document units, each token's document slot is found on the whole rows and then sliced
+    for context parallelism with the rest of the batch."""
     raw = next(data_iterator)
-    batch = slice_for_context_parallel({k: raw[k].cuda(non_blocking=True) for k in BATCH_KEYS},
-                                       ps.get_context_parallel_group())
+    batch = {k: raw[k].cuda(non_blocking=True) for k in BATCH_KEYS}
+    if rw_config.unit == "document":
+        batch["units"] = document_units(batch["labels"], eod, rw_config.max_documents)
+    batch = slice_for_context_parallel(batch, ps.get_context_parallel_group())
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
     if telemetry is not None and telemetry.domain_names and "dataset_id" in raw:
         telemetry = dataclasses.replace(
             telemetry, domain_ids=raw["dataset_id"].cuda(non_blocking=True))
     return output, partial(checked_loss_func, batch["loss_mask"], config=rw_config,
-                           iteration=iteration, telemetry=telemetry)
+                           iteration=iteration, telemetry=telemetry, units=batch.get("units"))
 
 
 class Trainer:
     """The training loop's state: model, optimizer, data position, metrics."""
 
-    def __init__(self, args, model, optimizer, scheduler, train_ds, valid_ds, writer, samples):
+    def __init__(self, args, model, optimizer, scheduler, train_ds, valid_ds, writer, samples,
+                 eod: int):
         self.args, self.model, self.optimizer, self.scheduler = args, model, optimizer, scheduler
+        self.eod = eod
         self.train_ds, self.valid_ds, self.writer, self.samples = train_ds, valid_ds, writer, samples
         self.domains = train_domains(args)
         # Per-domain mean weight and loss ride in the loss report as [sum, count] pairs.
-        self.report_keys = REPORT_KEYS + tuple(
-            k.format(d) for d in self.domains for k in (DOMAIN_WEIGHT, DOMAIN_LOSS))
         self.rw_config = ReweightConfig.from_args(args)
+        per_domain = (DOMAIN_WEIGHT, DOMAIN_LOSS) + ((PREVIEW_WEIGHT,) if self.rw_config.preview
+                                                     else ())
+        self.report_keys = REPORT_KEYS + (TEMPERATURE, PREVIEW_ESS) + tuple(
+            k.format(d) for d in self.domains for k in per_domain)
         self.fwd_bwd = get_forward_backward_func()
         self.dp_rank = ps.get_data_parallel_rank(with_context_parallel=False)
         self.iteration = self.consumed = 0
@@ -161,7 +172,7 @@ class Trainer:
         data = micro_batches(dataset, consumed, a.num_microbatches, a.micro_batch_size,
                              self.dp_rank, a.data_parallel_size)
         return self.fwd_bwd(
-            forward_step_func=partial(forward_step, rw_config, iteration, telemetry),
+            forward_step_func=partial(forward_step, rw_config, iteration, telemetry, self.eod),
             data_iterator=data,
             model=self.model, num_microbatches=a.num_microbatches, seq_length=a.seq_length,
             micro_batch_size=a.micro_batch_size, forward_only=forward_only)
@@ -226,7 +237,9 @@ class Trainer:
             if self.iteration % a.log_interval == 0:
                 elapsed = (time.perf_counter() - last_log) * 1000 / n_iters
                 scalars = {k: sums[k] / seen[k] for k in self.report_keys if k in sums}
-                scalars.update({"learning rate": lr, "reweight r": r,
+                # With a target ESS the hook reports the r it chose (mean over micro-batches).
+                r = scalars.get(TEMPERATURE, r)
+                scalars.update({"learning rate": lr, TEMPERATURE: r,
                                 "iteration time (ms)": elapsed,
                                 "consumed samples": self.consumed})
                 if grad_norms:
@@ -239,7 +252,9 @@ class Trainer:
                 for k in REPORT_KEYS:
                     if k in scalars:
                         line += f" {k}: {scalars[k]:.6E} |"
-                line += f" reweight r: {r:.4g} |"
+                line += f" {TEMPERATURE}: {r:.4g} |"
+                if PREVIEW_ESS in scalars:
+                    line += f" {PREVIEW_ESS}: {scalars[PREVIEW_ESS]:.6E} |"
                 if grad_norms:
                     line += f" grad norm: {scalars['grad norm']:.3f} |"
                 line += f" number of skipped iterations: {skipped:3d} |"
@@ -322,7 +337,8 @@ def main(argv=None) -> int:
                 and ps.get_data_parallel_rank(with_context_parallel=True) == 0))
 
     train_ds, valid_ds = build_datasets(args, tokenizer)
-    trainer = Trainer(args, model, optimizer, scheduler, train_ds, valid_ds, writer, samples)
+    trainer = Trainer(args, model, optimizer, scheduler, train_ds, valid_ds, writer, samples,
+                      eod=tokenizer.eod)
     if args.load:
         trainer.iteration, trainer.consumed = checkpoint.load_checkpoint(
             args.load, model, optimizer, scheduler)

@@ -13,14 +13,16 @@ def weight_statistics(weights: torch.Tensor, losses: torch.Tensor) -> Dict[str, 
 
     Args:
         weights: float32 ``[N]`` weights of the global micro-batch (0 for invalid samples).
-        losses: float ``[N]`` per-sample losses the weights came from; non-finite = invalid.
+        losses: float ``[N]`` per-unit losses the weights came from: finite = valid, NaN = a
+            unit with tokens but a non-finite loss, -inf = a unit without tokens (padding).
 
     Returns:
         0-dim float32 tensors (identical on every data-parallel rank):
         ``ess`` effective sample size fraction ``(sum w)^2 / (N_valid sum w^2)`` in (0, 1]
         (1 = uniform), ``max``/``min`` weight over valid samples, ``loss_range`` the spread
         ``max - min`` of valid per-sample losses (the normaliser's denominator), ``invalid`` the
-        number of invalid samples. With no valid sample every statistic but ``invalid`` is 0.
+        number of NaN units (padding is not counted). With no valid unit every statistic but
+        ``invalid`` is 0.
     """
     valid = torch.isfinite(losses)
     n_valid = valid.sum().float()
@@ -40,5 +42,5 @@ def weight_statistics(weights: torch.Tensor, losses: torch.Tensor) -> Dict[str, 
         "max": _masked(weights, -inf, torch.amax),
         "min": _masked(weights, inf, torch.amin),
         "loss_range": _masked(lvalid, -inf, torch.amax) - _masked(lvalid, inf, torch.amin),
-        "invalid": valid.numel() - n_valid,
+        "invalid": torch.isnan(losses).sum().float(),
     }

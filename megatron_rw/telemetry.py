@@ -46,6 +46,8 @@ def domain_report(
     valid: torch.Tensor,
     domain_ids: torch.Tensor,
     domain_names: Sequence[str],
+    weight_key: str = DOMAIN_WEIGHT,
+    loss_key: Optional[str] = DOMAIN_LOSS,
 ) -> Dict[str, torch.Tensor]:
     """Per-domain ``[sum, count]`` pairs of sample weights and per-sample losses.
 
@@ -55,6 +57,7 @@ def domain_report(
         valid: bool ``[b]``; invalid rows count for no domain.
         domain_ids: int ``[b]``.
         domain_names: names of ids ``0 .. G-1``.
+        weight_key, loss_key: key formats (``loss_key=None``: no loss entries).
 
     Returns:
         ``{"sample weight/<name>": [Σ w, n], "sample loss/<name>": [Σ ℓ, n]}`` float32 pairs for
@@ -70,6 +73,7 @@ def domain_report(
     l_sums = torch.where(valid, losses.float(), torch.zeros_like(losses, dtype=torch.float32)) @ member
     report = {}
     for i, name in enumerate(domain_names):
-        report[DOMAIN_WEIGHT.format(name)] = torch.stack([w_sums[i], counts[i]])
-        report[DOMAIN_LOSS.format(name)] = torch.stack([l_sums[i], counts[i]])
+        report[weight_key.format(name)] = torch.stack([w_sums[i], counts[i]])
+        if loss_key is not None:
+            report[loss_key.format(name)] = torch.stack([l_sums[i], counts[i]])
     return report

@@ -7,7 +7,7 @@ Pure math on one device: no ``torch.distributed``, no Megatron, no host synchron
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import torch
 
@@ -62,6 +62,59 @@ def normalise_for(
     return normalise(losses, valid, delta)
 
 
+def sample_scores(
+    losses: torch.Tensor,
+    strategy: Union[str, StrategyFn],
+    delta: float = 1.0,
+    valid: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Strategy scores of the normalised losses (the strategy's own normaliser, else min-max),
+    and which samples count.
+
+    Args:
+        losses: ``[N]`` per-sample losses, any float dtype, any device.
+        strategy: a registered strategy name or a callable ``f(x, delta)``.
+        delta: half-width of the normalised-loss interval.
+        valid: optional bool ``[N]``; non-finite losses are always invalid.
+
+    Returns:
+        ``(scores, ok)``: float32 ``[N]`` scores (meaningless where not ok) and bool ``[N]``.
+    """
+    fn = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    losses = losses.detach().float()
+    ok = torch.isfinite(losses)
+    if valid is not None:
+        ok = ok & valid.to(device=losses.device, dtype=torch.bool)
+    return fn(normalise_for(strategy, losses, ok, delta), delta).float(), ok
+
+
+def softmax_weights(
+    scores: torch.Tensor, ok: torch.Tensor, r: Union[float, torch.Tensor]
+) -> torch.Tensor:
+    """Tempered softmax of the scores, rescaled to mean 1 over the ``ok`` samples.
+
+    Args:
+        scores: float32 ``[N]``.
+        ok: bool ``[N]``; other samples get weight 0.
+        r: temperature: a Python float (``math.inf`` for uniform) or a 0-dim tensor on the
+            scores' device (e.g. from :func:`megatron_rw.ess.temperature_for_ess`); either way
+            no host sync.
+
+    Returns:
+        float32 ``[N]``: 0 where not ok, mean 1 over ok samples; all 0 if none is ok.
+    """
+    neg_inf = torch.full_like(scores, -math.inf)
+    top = torch.where(ok, scores, neg_inf).amax()
+    # Subtracting the max keeps exp() <= 1 (no overflow for small r); the max term is exp(0) = 1,
+    # so the sum is >= 1 whenever a sample is valid, and clamping at 1 only matters when none is.
+    logits = torch.where(ok, (scores - top) / r, neg_inf)
+    unnorm = torch.exp(logits)
+    total = unnorm.sum().clamp(min=1.0)
+    n_valid = ok.sum().float()
+    # (n_valid / total) is exactly 1.0 when every score ties, so uniform weights are exactly 1.
+    return unnorm * (n_valid / total)
+
+
 def compute_sample_weights(
     losses: torch.Tensor,
     strategy: Union[str, StrategyFn],
@@ -95,20 +148,5 @@ def compute_sample_weights(
     """
     if not (r > 0):
         raise ValueError(f"reweighting temperature r must be > 0, got {r}")
-    fn = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    losses = losses.detach().float()
-    ok = torch.isfinite(losses)
-    if valid is not None:
-        ok = ok & valid.to(device=losses.device, dtype=torch.bool)
-
-    scores = fn(normalise_for(strategy, losses, ok, delta), delta).float()
-    neg_inf = torch.full_like(scores, -math.inf)
-    top = torch.where(ok, scores, neg_inf).amax()
-    # Subtracting the max keeps exp() <= 1 (no overflow for small r); the max term is exp(0) = 1,
-    # so the sum is >= 1 whenever a sample is valid, and clamping at 1 only matters when none is.
-    logits = torch.where(ok, (scores - top) / r, neg_inf)
-    unnorm = torch.exp(logits)
-    total = unnorm.sum().clamp(min=1.0)
-    n_valid = ok.sum().float()
-    # (n_valid / total) is exactly 1.0 when every score ties, so uniform weights are exactly 1.
-    return unnorm * (n_valid / total)
+    scores, ok = sample_scores(losses, strategy, delta, valid)
+    return softmax_weights(scores, ok, r)

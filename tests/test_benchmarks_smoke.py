@@ -42,3 +42,19 @@ def test_overhead_analysis_pairs():
     assert math.isclose(out["baseline_step_ms"]["median"], 150.0)
     lo, hi = out["ratio_step"]["median_ci95"]
     assert lo - 1e-9 <= 1.1 <= hi + 1e-9
+
+
+def test_unit_costs_runs_every_variant(tmp_path):
+    """Two processes, 3 rounds: every variant timed, ratios against the right reference."""
+    from benchmarks import unit_costs
+
+    out = tmp_path / "unit_costs.json"
+    assert unit_costs.main(["--rounds", "3", "--out", str(out)]) == 0
+    import json
+    result = json.loads(out.read_text())
+    assert set(result["us"]) == {"sample", "document", "document+ess", "gather b", "gather b*32",
+                                 "stats fixed r (2 all-reduces)",
+                                 "stats target ESS (5 all-reduces)"}
+    assert all(s["n"] == 3 and s["median"] > 0 for s in result["us"].values())
+    assert result["ratio"]["sample / sample"]["median"] == 1.0
+    assert "stats target ESS (5 all-reduces) / gather b" in result["ratio"]

@@ -8,6 +8,8 @@ EXPECTED_FLAGS = {
     "--sample-reweight-strategy", "--sample-reweight-r", "--sample-reweight-warmup-iters",
     "--sample-reweight-schedule", "--sample-reweight-r-start", "--sample-reweight-anneal-iters",
     "--sample-reweight-delta", "--sample-reweight-skip-nonfinite",
+    "--sample-reweight-target-ess", "--sample-reweight-unit", "--sample-reweight-max-documents",
+    "--sample-reweight-preview",
 }
 
 
@@ -37,6 +39,30 @@ def test_from_args_round_trip():
         "--sample-reweight-delta", "2", "--sample-reweight-skip-nonfinite"))
     assert cfg == ReweightConfig(strategy="linupper", r=0.4, warmup_iters=2000, schedule="geometric",
                                  r_start=50.0, anneal_iters=500, delta=2.0, skip_nonfinite=True)
+    cfg = ReweightConfig.from_args(_parse(
+        "--sample-reweight-strategy", "quadratic", "--sample-reweight-target-ess", "0.7",
+        "--sample-reweight-unit", "document", "--sample-reweight-max-documents", "8",
+        "--sample-reweight-preview", "linupper"))
+    assert cfg == ReweightConfig(strategy="quadratic", target_ess=0.7, unit="document",
+                                 max_documents=8, preview="linupper")
+    assert cfg.units_per_row == 8 and ReweightConfig().units_per_row == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sample-reweight-target-ess", "1.2"], "must be in"),
+    (["--sample-reweight-unit", "token"], "invalid choice"),
+    (["--sample-reweight-max-documents", "0"], "must be >= 1"),
+    (["--sample-reweight-preview", "nope"], "unknown strategy"),
+])
+def test_new_flags_reject_bad_values_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        _parse(*argv)
+    assert message in capsys.readouterr().err
+
+
+def test_target_ess_refuses_an_annealed_schedule():
+    with pytest.raises(ValueError, match="target-ess.*cannot follow schedule 'linear'"):
+        ReweightConfig(strategy="linupper", target_ess=0.5, schedule="linear", anneal_iters=10)
 
 
 def test_usable_as_extra_args_provider():

@@ -5,7 +5,8 @@ get_forward_backward_func) on CPU/gloo, one torchrun launch per world size.
    backward and every parameter after each optimizer step (1 process, DP2, PP2, TP2, CP2).
 2. With ``linupper`` (r = 0.4, no burn-in), every layout matches a 1-process run that sees the
    same global micro-batches: unweighted and weighted loss, weight ESS and grad norm over 3
-   optimizer steps of 2 micro-batches, in all three loss contracts.
+   optimizer steps of 2 micro-batches, in all three loss contracts; and with documents as units
+   (~4 per row, some sharing the last slot) and r chosen for ESS 0.6 (``documents``).
 
 Tolerance: layouts sum in different orders, so per-sample losses differ in the last bits (~1e-7
 relative, ~5e-7 absolute on a 4.86 loss). The normalisation divides by the loss spread of the
@@ -25,6 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 WORKER = os.path.join(os.path.dirname(__file__), "workers", "equivalence.py")
 CONTRACTS = ["token_sum", "per_token", "mean"]
+# Equivalence also with every document a unit and r chosen for a target ESS (token_sum contract).
+VARIANTS = CONTRACTS + ["documents"]
 LAUNCHES = {
     1: dict(layouts=["1", "stock"], bitwise=["1"]),
     2: dict(layouts=["dp2", "tp2", "pp2", "cp2", "pp2xvpp2", "tp2xsp", "dp2xdopt"],
@@ -71,7 +74,7 @@ def test_uniform_is_bitwise_megatron_baseline(results, nproc):
 
 
 @pytest.mark.parametrize("layout, nproc", [(x, 2) for x in LAYOUTS_2] + [(x, 4) for x in LAYOUTS_4])
-@pytest.mark.parametrize("contract", CONTRACTS)
+@pytest.mark.parametrize("contract", VARIANTS)
 def test_layout_matches_single_process(results, layout, nproc, contract):
     ref = results(1)["equivalence"]["1proc"][contract]
     got = results(nproc)["equivalence"][layout][contract]

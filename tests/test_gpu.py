@@ -75,6 +75,25 @@ def test_hook_makes_no_host_sync(strategy, contract):
     assert set(STRATEGIES) <= set(available_strategies())
 
 
+@pytest.mark.parametrize("extra", [dict(target_ess=0.6), dict(unit="document", max_documents=4),
+                                   dict(preview="quadratic", target_ess=0.8, unit="document")])
+def test_target_ess_documents_and_preview_make_no_host_sync(extra):
+    config = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=10, **extra)
+    telemetry = SampleTelemetry(domain_ids=torch.arange(B, device="cuda") % 3,
+                                domain_names=("a", "b", "c"))
+    # Document slots: a new document every 5 tokens, the last slot shared.
+    units = (torch.arange(S, device="cuda") // 5).clamp(max=3).expand(B, S).contiguous()
+    mask, out = _inputs("cuda", torch.bfloat16)
+    reweighted_loss_func(mask, out, config=config, iteration=10, telemetry=telemetry,
+                         units=units)[0].backward()
+    mask, out = _inputs("cuda", torch.bfloat16)
+    with host_syncs_raise():
+        result = reweighted_loss_func(mask, out, config=config, iteration=10,
+                                      telemetry=telemetry, units=units)
+        result[0].backward()
+    assert torch.isfinite(result[0]).item() and out.grad.abs().sum().item() > 0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_cuda_weights_equal_cpu_weights(strategy, dtype):

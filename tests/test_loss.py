@@ -96,7 +96,7 @@ def test_padding_and_nan_samples_are_excluded():
     assert torch.isfinite(loss)
     torch.testing.assert_close(loss, clean[0])
     assert tokens.item() == clean[1].item()
-    assert report[STAT_KEYS["invalid"]][0].item() == 2
+    assert report[STAT_KEYS["invalid"]][0].item() == 1  # the diverged sample, not the padding
     g = _grad(loss, poisoned_out)
     assert torch.all(torch.isfinite(g)) and torch.all(g[4:] == 0)
 

@@ -146,6 +146,22 @@ def test_linupper_trains_and_logs_reweighting_keys(megatron_lm):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dp2", "tp2"])
+def test_documents_target_ess_and_preview_through_the_patch(megatron_lm, layout):
+    """--sample-reweight-unit document in Megatron-LM's own loop: the slots come from its data
+    iterator's labels (TP2: broadcast from the first TP rank), r is chosen for ESS 0.7 after
+    the burn-in and logged, the preview is reported, and it trains as long as the others."""
+    name, result, _, _ = megatron_lm
+    run = result["runs"][f"{layout}/documents"]
+    assert run["stopped"] is None and len(run["iterations"]) == 6, (name, run)
+    losses = [r["loss"] for r in run["iterations"]]
+    assert [x["sample weight ess"] for x in losses[:2]] == [1.0, 1.0]
+    assert all(x["sample weight ess"] >= 0.69 for x in losses[2:])
+    assert all(0 < x["reweight r"] < 1e4 for x in losses[2:]) and "reweight r" not in losses[0]
+    assert all(0 < x["preview weight ess"] <= 1 for x in losses)
+
+
+@pytest.mark.slow
 def test_nan_sample_stops_like_unpatched_unless_skipped(megatron_lm):
     name, result, log, _ = megatron_lm
     runs = result["runs"]

@@ -69,8 +69,9 @@ def current_iteration(args) -> int:
     return args.iteration
 
 
-def run(pretrain_gpt, get_args) -> None:
-    """Run ``pretrain_gpt``'s main block with the reweighted ``forward_step`` and flags."""
+def run(pretrain_gpt, get_args, get_eod=None) -> None:
+    """Run ``pretrain_gpt``'s main block with the reweighted ``forward_step`` and flags;
+    ``get_eod`` returns the tokenizer's end-of-document id (for documents as units)."""
     for name in ("forward_step", "loss_func", "pretrain"):
         if not hasattr(pretrain_gpt, name):
             raise ContractError(
@@ -80,6 +81,7 @@ def run(pretrain_gpt, get_args) -> None:
         get_config=lambda: reweight_config(get_args()),
         get_iteration=lambda: current_iteration(get_args()),
         expected_loss_func=pretrain_gpt.loss_func,
+        get_eod=get_eod,
     )
     pretrain = guard_pretrain(pretrain_gpt.pretrain, forward_step, add_sample_reweight_args)
     overrides = {"forward_step": forward_step, "pretrain": pretrain}
@@ -102,7 +104,12 @@ def main() -> None:
                          "PYTHONPATH (PYTHONPATH=/path/to/Megatron-LM)") from e
     from megatron.training import get_args
 
-    run(pretrain_gpt, get_args)
+    def get_eod() -> int:
+        # Imported when first needed: the tokenizer exists only once pretrain has built it.
+        from megatron.training import get_tokenizer
+        return get_tokenizer().eod
+
+    run(pretrain_gpt, get_args, get_eod)
 
 
 if __name__ == "__main__":

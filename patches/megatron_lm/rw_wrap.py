@@ -116,7 +116,8 @@ def megatron_checked_loss(loss_mask: Optional[torch.Tensor], output_tensor: torc
 def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                       get_iteration: Callable[[], int], *, loss_func: Optional[Callable] = None,
                       expected_loss_func: Optional[Callable] = None,
-                      contract: str = "token_sum") -> Callable:
+                      contract: str = "token_sum",
+                      get_eod: Optional[Callable[[], int]] = None) -> Callable:
     """``forward_step`` with its loss partial replaced by the reweighted loss, checked by
     Megatron-LM's own ``loss_func`` (:func:`megatron_checked_loss`).
 
@@ -131,6 +132,9 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         loss_func: the replacement, default ``megatron_rw.reweighted_loss_func``.
         expected_loss_func: if given, the loss partial must wrap exactly this function.
         contract: passed to ``loss_func``; ``"token_sum"`` is Megatron-LM's 3-tuple.
+        get_eod: returns the tokenizer's end-of-document id; needed with documents as units
+            (``config.unit == "document"``), whose slots come from the data iterator's labels
+            (patches/megatron_lm/rw_units.py).
 
     Returns:
         A function returning ``(output, partial(megatron_checked_loss, loss_mask,
@@ -144,21 +148,44 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
 
     @functools.wraps(forward_step)
     def reweighted_forward_step(*args, **kwargs):
+        if not config:
+            config.append(get_config())
+        per_doc = getattr(config[0], "unit", "sample") == "document"
+        tap = None
+        if per_doc:
+            from rw_units import LabelTap
+            args, kwargs, tap = _tap_data_iterator(args, kwargs, LabelTap)
         result = forward_step(*args, **kwargs)
         if not (isinstance(result, tuple) and len(result) == 2):
             raise ContractError(
                 f"forward_step returned {_describe(result)}, expected (output_tensor, loss_func)")
         output, megatron_loss = result
         loss_mask = loss_mask_of(megatron_loss, expected_loss_func)
-        if not config:
-            config.append(get_config())
+        extra = {}
+        if per_doc and loss_mask is not None:
+            from rw_units import document_slots
+            if get_eod is None:
+                raise ContractError("documents as units need the tokenizer's end-of-document id")
+            extra["units"] = document_slots(tap.labels if tap else None, loss_mask, get_eod(),
+                                            config[0].max_documents)
         reweighted = functools.partial(loss_func, loss_mask, config=config[0],
-                                       iteration=get_iteration(), contract=contract)
+                                       iteration=get_iteration(), contract=contract, **extra)
         return output, functools.partial(
             megatron_checked_loss, loss_mask, reweighted=reweighted, megatron_loss=megatron_loss,
             skip_nonfinite=getattr(config[0], "skip_nonfinite", False))
 
     return reweighted_forward_step
+
+
+def _tap_data_iterator(args: tuple, kwargs: dict, tap_class):
+    """``forward_step``'s arguments with its data iterator (first positional or
+    ``data_iterator=``) wrapped in ``tap_class``, and the tap; None (ranks that read no data)
+    stays None."""
+    source = args[0] if args else kwargs.get("data_iterator")
+    tap = None if source is None else tap_class(source)
+    if args:
+        return (tap if tap is not None else source, *args[1:]), kwargs, tap
+    return args, {**kwargs, "data_iterator": tap if tap is not None else source}, tap
 
 
 def chain_extra_args(*providers: Optional[Callable]) -> Callable:

@@ -41,11 +41,23 @@ from megatron.core import parallel_state as ps  # noqa: E402
 from megatron.core.pipeline_parallel import get_forward_backward_func  # noqa: E402
 
 from megatron_rw import ReweightConfig, reweighted_loss_func  # noqa: E402
+from megatron_rw.units import document_units  # noqa: E402
 from tests import _layouts as L  # noqa: E402
 
 STEPS, MICRO, ROWS = 3, 2, 4
 REPORT_KEYS = {"loss": "lm loss", "weighted": "weighted lm loss", "ess": "sample weight ess"}
 LINUPPER = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=0)
+# The "documents" variant: every document of a row is a unit and r is chosen for ESS 0.6, so the
+# check covers the per-document sums over CP, the fixed-size gather over DP and the r search.
+DOCUMENTS = ReweightConfig(strategy="linupper", warmup_iters=0, unit="document", max_documents=4,
+                           target_ess=0.6)
+
+
+def with_documents(batch: dict) -> dict:
+    """Adds document slots of the whole rows (before any slicing, as a trainer must): a label
+    divisible by 8 ends a document, so rows of 32 tokens hold ~4 documents and some overflow."""
+    batch["units"] = document_units(batch["labels"] % 8, 0, DOCUMENTS.max_documents)
+    return batch
 
 
 def micro_batch(step: int, micro: int, uneven: bool) -> dict:
@@ -53,12 +65,14 @@ def micro_batch(step: int, micro: int, uneven: bool) -> dict:
     micro-batches, row 2 is an all-masked padding sample (only exact under per-token loss)."""
     if uneven:
         return L.uneven_global_micro_batch(step, micro, ROWS)
-    return L.global_micro_batch(step, micro, ROWS)
+    return with_documents(L.global_micro_batch(step, micro, ROWS))
 
 
 def forward_step(loss_fn, uneven, step, data_iterator, model):
     batch = next(data_iterator)
     output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+    if getattr(loss_fn, "keywords", {}).get("config") is DOCUMENTS:
+        return output, partial(loss_fn, batch["loss_mask"], units=batch["units"])
     return output, partial(loss_fn, batch["loss_mask"])
 
 
@@ -103,7 +117,7 @@ def run_step(chunks, optimizer, step, loss_fn, uneven, on_grads=None):
 
 def contract_setup(contract):
     per_token = contract == "per_token"
-    hook = "mean" if contract == "mean" else "token_sum"
+    hook = "mean" if contract == "mean" else "token_sum"  # "documents": Megatron-LM's 3-tuple
     return per_token, hook
 
 
@@ -112,7 +126,8 @@ def equivalence(layout, contract):
     chunks, optimizer, _ = L.build_model_and_optimizer(layout, calculate_per_token_loss=per_token)
     history = {k: [] for k in [*REPORT_KEYS, "grad_norm"]}
     for step in range(STEPS):
-        loss_fn = partial(reweighted_loss_func, config=LINUPPER, iteration=step, contract=hook)
+        config = DOCUMENTS if contract == "documents" else LINUPPER
+        loss_fn = partial(reweighted_loss_func, config=config, iteration=step, contract=hook)
         for key, value in run_step(chunks, optimizer, step, loss_fn, uneven=per_token).items():
             history[key].append(value)
     return history
@@ -170,7 +185,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--layouts", nargs="*", default=[])
     parser.add_argument("--bitwise", nargs="*", default=[], help="layouts for the uniform check")
-    parser.add_argument("--contracts", nargs="+", default=["token_sum", "per_token", "mean"])
+    parser.add_argument("--contracts", nargs="+",
+                        default=["token_sum", "per_token", "mean", "documents"])
     args = parser.parse_args()
 
     dist.init_process_group(backend())
@@ -180,6 +196,8 @@ def main() -> int:
         for text in layouts:
             layout = L.parse_layout(text)
             for contract in args.contracts:
+                if kind == "bitwise" and contract == "documents":
+                    continue  # uniform with documents: tests/test_units.py
                 results[kind].setdefault(layout.name, {})[contract] = run(layout, contract)
                 ps.destroy_model_parallel()
                 if dist.get_rank() == 0:

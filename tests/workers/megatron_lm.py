@@ -12,7 +12,8 @@ Phases:
 - ``kill``: the patched uniform DP2 run, SIGKILLed right after its checkpoint at iteration
   ``SAVE_AT`` (every rank, after a barrier, so the checkpoint is complete and nothing else is);
 - ``main``: for DP2, TP2 and PP2 the unpatched ``pretrain_gpt.py`` and the patch with
-  ``uniform``; ``--load`` of the killed run's checkpoint; linupper with TensorBoard; NaN written
+  ``uniform``; ``--load`` of the killed run's checkpoint; linupper with TensorBoard; documents
+  as units with a target ESS and a preview (DP2, TP2); NaN written
   into one sample's token losses at iteration ``NAN_AT``: patched with
   ``--sample-reweight-skip-nonfinite``, then unpatched and patched without it (these stop).
 - ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
@@ -66,6 +67,11 @@ LAYOUTS = {"dp2": [], "tp2": ["--tensor-model-parallel-size", "2"],
 UNIFORM = ["--sample-reweight-strategy", "uniform"]
 LINUPPER = ["--sample-reweight-strategy", "linupper", "--sample-reweight-r", "0.4",
             "--sample-reweight-warmup-iters", "2"]
+
+# Documents as units (slots from the data iterator's labels, broadcast over TP), r chosen for
+# ESS 0.7, and a preview of quadratic.
+DOCUMENTS = [*LINUPPER, "--sample-reweight-unit", "document", "--sample-reweight-max-documents",
+             "4", "--sample-reweight-target-ess", "0.7", "--sample-reweight-preview", "quadratic"]
 
 RECORD = {"iterations": [], "model": None}
 INJECT = {"on": False}
@@ -227,6 +233,8 @@ def phase_main(checkout, work, layouts):
     result["compare"]["dp2: linupper vs unpatched"] = summed(mismatches(
         result["runs"]["dp2/linupper"], result["runs"]["dp2/unpatched"],
         params["dp2/linupper"], params["dp2/unpatched"]))
+    for layout in ("dp2", "tp2"):
+        keep(f"{layout}/documents", LAYOUTS[layout] + DOCUMENTS, True)
     keep("nan/patched-skip", [*UNIFORM, "--sample-reweight-skip-nonfinite"], True, nan=True)
     # Megatron's rerun machinery saves a checkpoint before it stops the run: give it a place.
     for name, flags, patched in (("nan/unpatched", [], False), ("nan/patched", UNIFORM, True)):
