@@ -222,3 +222,23 @@ def test_cuda_no_sync_and_equal_to_cpu():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=2e-6, atol=1e-7)
+
+
+def test_composes_with_the_hook_target_ess_and_preview():
+    from megatron_rw import ReweightConfig, reweighted_loss_func
+    from megatron_rw.loss import STAT_KEYS
+
+    torch.manual_seed(0)
+    row_loss = torch.cat([5.5 + 0.3 * torch.randn(14), torch.tensor([3.0, 8.5])])  # D and R rows
+    out = (row_loss[:, None] + 0.1 * torch.randn(16, 32)).requires_grad_(True)
+    mask = torch.ones(16, 32)
+    cfg = ReweightConfig(strategy="robust", target_ess=0.8, warmup_iters=0)
+    loss, _, report = reweighted_loss_func(mask, out, config=cfg, iteration=0)
+    assert abs(report[STAT_KEYS["ess"]][0].item() - 0.8) < 0.01
+    loss.backward()
+    grad_rows = out.grad.abs().sum(dim=1)
+    assert grad_rows[15] < grad_rows[:14].median() and grad_rows[14] < grad_rows[:14].median()
+    preview = ReweightConfig(strategy="uniform", preview="robust", r=0.4, warmup_iters=0)
+    base = out.detach().clone().requires_grad_(True)
+    loss_p, _, _ = reweighted_loss_func(mask, base, config=preview, iteration=0)
+    assert torch.isfinite(loss_p)
