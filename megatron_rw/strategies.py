@@ -5,24 +5,40 @@ micro-batch (lowest loss -> -delta, highest -> +delta) — to a score ``f(x)``. 
 weights through a tempered softmax (see :mod:`megatron_rw.weights`): a higher score means a
 larger weight. Strategies never see raw losses, so they are scale free.
 
+A strategy may bring its own normaliser (``register_strategy(..., normalise=...)``): ``robust``
+measures losses in IQRs from the batch median instead (:mod:`megatron_rw.robust`). Strategies
+without one get the min-max normalisation above, computed exactly as before.
+
 This module imports neither ``torch.distributed`` nor Megatron.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from megatron_rw.robust import robust_positions, robust_score
+
 StrategyFn = Callable[[torch.Tensor, float], torch.Tensor]
 """``f(x, delta) -> scores``: ``x`` is a float32 tensor of any shape with values in
-``[-delta, delta]``; the result has the same shape."""
+``[-delta, delta]`` (or whatever the strategy's own normaliser returns); the result has the
+same shape."""
+
+Normaliser = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+"""``normalise(losses [N], valid [N] bool, delta) -> x [N]`` float32: invalid entries must be
+ignored by every statistic and get a finite ``x``; no host synchronisation."""
 
 _REGISTRY: Dict[str, StrategyFn] = {}
+_NORMALISERS: Dict[str, Normaliser] = {}  # only strategies with their own normaliser
 
 
 def register_strategy(
-    name: str, fn: Optional[StrategyFn] = None, *, overwrite: bool = False
+    name: str,
+    fn: Optional[StrategyFn] = None,
+    *,
+    normalise: Optional[Normaliser] = None,
+    overwrite: bool = False,
 ):
     """Register ``fn`` under ``name``; usable as ``@register_strategy("name")``.
 
@@ -32,6 +48,8 @@ def register_strategy(
     Args:
         name: the strategy's name.
         fn: ``f(x, delta) -> scores`` (elementwise; must not synchronise with the host).
+        normalise: the strategy's own ``normalise(losses, valid, delta) -> x``; None for the
+            default min-max normalisation to ``[-delta, delta]``.
         overwrite: allow replacing an existing entry (the built-ins included).
     """
 
@@ -39,6 +57,9 @@ def register_strategy(
         if not overwrite and name in _REGISTRY:
             raise ValueError(f"sample-reweight strategy {name!r} is already registered")
         _REGISTRY[name] = f
+        _NORMALISERS.pop(name, None)
+        if normalise is not None:
+            _NORMALISERS[name] = normalise
         return f
 
     return _register if fn is None else _register(fn)
@@ -58,6 +79,18 @@ def get_strategy(name: str) -> StrategyFn:
         raise ValueError(
             f"unknown sample-reweight strategy {name!r}; known strategies: {known}"
         ) from None
+
+
+def get_normaliser(strategy: Union[str, StrategyFn]) -> Optional[Normaliser]:
+    """The normaliser registered with a strategy (by name, or by the registered function
+    itself); None means the default min-max normalisation."""
+    if isinstance(strategy, str):
+        get_strategy(strategy)  # an unknown name raises here, listing the known ones
+        return _NORMALISERS.get(strategy)
+    for name, fn in _REGISTRY.items():
+        if fn is strategy and name in _NORMALISERS:
+            return _NORMALISERS[name]
+    return None
 
 
 @register_strategy("uniform")
@@ -86,3 +119,8 @@ def quadratic(x: torch.Tensor, delta: float) -> torch.Tensor:
 def extremes(x: torch.Tensor, delta: float) -> torch.Tensor:
     """``|x|``: favours the lowest and the highest losses, down-weights the middle."""
     return x.abs()
+
+
+# Quartile-based normalisation and a trapezoid score; formula, constants and the measurements
+# behind them in megatron_rw/robust.py.
+register_strategy("robust", robust_score, normalise=robust_positions)

@@ -11,7 +11,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from megatron_rw.strategies import StrategyFn, get_strategy
+from megatron_rw.strategies import StrategyFn, get_normaliser, get_strategy
 
 # Floor of the loss range in the normalisation. When every valid loss is (almost) equal the
 # normalised losses become 0 instead of 0/0, which every strategy maps to equal weights.
@@ -44,13 +44,32 @@ def normalise_losses(
     return torch.where(valid, x.clamp(-delta, delta), torch.zeros_like(x))
 
 
+def normalise_for(
+    strategy: Union[str, StrategyFn], losses: torch.Tensor, valid: torch.Tensor, delta: float
+) -> torch.Tensor:
+    """What ``strategy`` scores: its own normaliser's output, else :func:`normalise_losses`.
+
+    Args:
+        strategy: a registered strategy name or function.
+        losses: float32 ``[N]``.
+        valid: bool ``[N]``.
+        delta: half-width of the normalised-loss interval.
+
+    Returns:
+        float32 ``[N]``; 0 for invalid entries.
+    """
+    normalise = get_normaliser(strategy) or normalise_losses
+    return normalise(losses, valid, delta)
+
+
 def sample_scores(
     losses: torch.Tensor,
     strategy: Union[str, StrategyFn],
     delta: float = 1.0,
     valid: Optional[torch.Tensor] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Strategy scores of the normalised losses, and which samples count.
+    """Strategy scores of the normalised losses (the strategy's own normaliser, else min-max),
+    and which samples count.
 
     Args:
         losses: ``[N]`` per-sample losses, any float dtype, any device.
@@ -66,7 +85,7 @@ def sample_scores(
     ok = torch.isfinite(losses)
     if valid is not None:
         ok = ok & valid.to(device=losses.device, dtype=torch.bool)
-    return fn(normalise_losses(losses, ok, delta), delta).float(), ok
+    return fn(normalise_for(strategy, losses, ok, delta), delta).float(), ok
 
 
 def softmax_weights(
@@ -106,7 +125,8 @@ def compute_sample_weights(
     """Loss-based sample weights with mean exactly 1 over the valid samples.
 
     ``w_i = N_valid * exp((f_i - max f) / r) / sum_valid exp((f_j - max f) / r)`` where
-    ``f = strategy(normalise(losses))``. This is the closed-form maximiser of
+    ``f = strategy(normalise(losses))`` (``normalise`` is the strategy's own normaliser if it
+    was registered with one, else :func:`normalise_losses`). This is the closed-form maximiser of
     ``sum_i w_i f_i - r KL(w || uniform)`` on the simplex, rescaled so that the weights multiply
     per-sample losses without changing the loss scale. ``r = inf`` gives uniform weights, and the
     ``uniform`` strategy gives weights that are exactly 1.0 (bit-for-bit), whatever ``r``.

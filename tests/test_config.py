@@ -102,5 +102,5 @@ def test_config_errors_name_the_flag(kwargs, flag):
 
 
 def test_unknown_strategy_error_lists_known():
-    with pytest.raises(ValueError, match="known strategies: extremes, linupper, quadratic, uniform"):
+    with pytest.raises(ValueError, match="known strategies: extremes, linupper, quadratic, robust, uniform"):
         ReweightConfig(strategy="upper")

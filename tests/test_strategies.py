@@ -8,7 +8,7 @@ X = torch.arange(-10, 11, dtype=torch.float32) / 10  # exact 0 in the middle
 
 
 def test_builtins_registered():
-    assert set(available_strategies()) >= {"uniform", "linupper", "quadratic", "extremes"}
+    assert set(available_strategies()) >= {"uniform", "linupper", "quadratic", "extremes", "robust"}
 
 
 def test_formulas_match_the_paper():

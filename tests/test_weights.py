@@ -6,7 +6,7 @@ import torch
 from megatron_rw import compute_sample_weights
 from megatron_rw.weights import normalise_losses
 
-STRATEGIES = ["uniform", "linupper", "quadratic", "extremes"]
+STRATEGIES = ["uniform", "linupper", "quadratic", "extremes", "robust"]
 
 
 def _losses(n=64, seed=0):
