@@ -37,7 +37,7 @@ from megatron_rw.schedule import temperature_at
 from megatron_rw.stats import weight_statistics
 from megatron_rw.telemetry import SampleTelemetry, domain_report
 from megatron_rw.units import per_token, unit_sums
-from megatron_rw.weights import normalise_losses, sample_scores, softmax_weights
+from megatron_rw.weights import normalise_for, sample_scores, softmax_weights
 
 CONTRACTS = ("token_sum", "mean")
 
@@ -180,7 +180,7 @@ def reweighted_loss_func(
                 telemetry, domain_ids=telemetry.domain_ids.repeat_interleave(k))
         if telemetry is not None:
             _telemetry(telemetry, report, per_unit, weights, valid, global_losses, offset,
-                       config.delta)
+                       config)
         if config.preview:
             preview, _ = _weights(config, config.preview, global_losses, iteration)
             report[PREVIEW_ESS] = torch.stack(
@@ -212,14 +212,15 @@ def checked_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, *,
 
 
 def _telemetry(telemetry: SampleTelemetry, report: dict, per_sample, weights, valid,
-               global_losses, offset: int, delta: float) -> None:
+               global_losses, offset: int, config: ReweightConfig) -> None:
     """Add the per-domain pairs to ``report`` and hand this rank's rows to the sink."""
     if telemetry.domain_ids is not None:
         report.update(domain_report(weights, per_sample, valid, telemetry.domain_ids,
                                     telemetry.domain_names))
     if telemetry.sink is not None:
         # The same normalisation the weights used, over the whole global micro-batch.
-        x = normalise_losses(global_losses, torch.isfinite(global_losses), delta)
+        x = normalise_for(config.strategy, global_losses, torch.isfinite(global_losses),
+                          config.delta)
         rows = {"loss": per_sample, "normalised": x.narrow(0, offset, weights.shape[0]),
                 "weight": weights, "valid": valid}
         if telemetry.domain_ids is not None:

@@ -29,7 +29,8 @@ class SampleTelemetry:
             ``dataset_id``), or None for no per-domain report.
         domain_names: name of each domain id; ids outside ``range(len(domain_names))`` are ignored.
         sink: called once per micro-batch with this rank's rows: ``loss`` (per-sample, NaN if
-            invalid), ``normalised`` (in ``[-delta, delta]``, over the global micro-batch),
+            invalid), ``normalised`` (what the strategy scores, over the global micro-batch: in
+            ``[-delta, delta]`` for min-max strategies, IQRs from the median for ``robust``),
             ``weight``, ``valid`` and, with ``domain_ids``, ``domain``; all ``[b]`` tensors.
             Whatever it does with them (``.tolist()``) is a host sync: pass it only on the
             iterations you log.
