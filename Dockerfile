@@ -5,18 +5,21 @@
 #       megatron-rw --train-iters 2000
 #   Your own Megatron-LM checkout instead of megatron-rw's trainer (through patches/megatron_lm):
 #       docker run ... -v /path/to/Megatron-LM:/megatron-lm -e MEGATRON_LM=/megatron-lm megatron-rw
-# Not built here (the project's machines have no Docker and no GPU); BASE_IMAGE can be overridden
-# with any image that has Python >= 3.12 and torch >= 2.6 (megatron-core 0.19's requirements).
+# BASE_IMAGE can be any image with Python >= 3.12 and torch >= 2.6 (megatron-core 0.19's
+# requirements). `make docker-test` builds this file on a local Debian base with PyPI's torch and
+# runs it on CPUs (scripts/docker_test.sh); the NGC default and GPUs are not tried there.
 ARG BASE_IMAGE=nvcr.io/nvidia/pytorch:25.04-py3
 FROM ${BASE_IMAGE}
 
 # megatron-core 0.17+ needs Python 3.12; fail the build here rather than at the first import.
 RUN python -c "import sys; assert sys.version_info >= (3, 12), sys.version"
 # --no-deps: keep the container's own torch build (pip would otherwise try to replace it).
+# numpy and packaging: megatron-core's other requirements, which NGC's image has and a plain
+# Python + torch base does not (pip leaves an installed numpy as it is).
 # pyyaml, psutil, six, regex, pydantic: a Megatron-LM checkout's megatron.training imports them;
 # pybind11 builds its dataset helpers.
 RUN pip install --no-cache-dir --no-deps megatron-core==0.19.2 sentencepiece==0.2.3 \
-    && pip install --no-cache-dir pyyaml psutil six regex pydantic pybind11
+    && pip install --no-cache-dir numpy "packaging>=24.2" pyyaml psutil six regex pydantic pybind11
 
 WORKDIR /workspace/megatron-rw
 COPY pyproject.toml README.md LICENSE CHANGELOG.md ./

@@ -11,6 +11,10 @@
 # port, spool, PID and log files (%n = node name). Both nodes resolve to 127.0.0.1 through
 # NodeAddr; node names need not resolve. Ports come from PORT_BASE (default 17000): slurmctld
 # PORT_BASE, nodes PORT_BASE+1 and +2. Needs root (slurmd runs jobs as the submitting user).
+# cred_expire=30: a requeued job waits this long before it may start again (slurm.conf(5));
+# the default 120 s was half of the requeue test's time. Steps here launch within a second.
+# sched_interval=5: a job whose begin time has passed waits for the next scheduling pass
+# (default every 60 s); nothing else triggers one on an idle cluster.
 set -euo pipefail
 
 cmd="${1:-}"
@@ -41,7 +45,7 @@ SlurmctldPort=$PORT_BASE
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/munge.socket
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=30
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool/%n
 SlurmctldPidFile=$dir/slurmctld.pid
@@ -56,6 +60,7 @@ MpiDefault=none
 ReturnToService=2
 JobRequeue=1
 SchedulerType=sched/builtin
+SchedulerParameters=sched_interval=5
 SlurmctldTimeout=30
 SlurmdTimeout=30
 InactiveLimit=0

@@ -104,13 +104,9 @@ def test_plot_run_summarises_a_run(corpus, tmp_path):
 def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
     """MEGATRON_LM=checkout: the checkout's own pretrain_gpt.py through the patch, on CPU with
     the CPU runtime and gloo, from the same config and prepared corpus."""
-    from tests.test_megatron_lm import CHECKOUTS, HOW, NEEDS_312, prepared_copy
+    from tests.test_megatron_lm import newest_prepared_copy
 
-    usable = [n for n in sorted(CHECKOUTS, reverse=True)
-              if not (n in NEEDS_312 and sys.version_info < (3, 12))]
-    if not usable:
-        pytest.skip(HOW)
-    checkout = prepared_copy(CHECKOUTS[usable[0]], str(tmp_path / "checkout"))
+    checkout = newest_prepared_copy(str(tmp_path / "checkout"))
     out = tmp_path / "run"
     proc = launch(SHRINK, DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2",
                   MEGATRON_LM=checkout)

@@ -72,6 +72,15 @@ def prepared_copy(src: str, dst: str) -> str:
     return dst
 
 
+def newest_prepared_copy(dst: str) -> str:
+    """``prepared_copy`` of the newest checkout this Python can run (skips if there is none)."""
+    usable = [n for n in sorted(CHECKOUTS, reverse=True)
+              if not (n in NEEDS_312 and sys.version_info < (3, 12))]
+    if not usable:
+        pytest.skip(HOW)
+    return prepared_copy(CHECKOUTS[usable[0]], dst)
+
+
 def _same(a: str, b: str) -> bool:
     try:
         with open(a, "rb") as f, open(b, "rb") as g:

@@ -7,6 +7,10 @@
    preemption with requeue does: SIGTERM to every task, then the job starts again) resumes from
    its last checkpoint and ends with the uninterrupted run's numbers; its log keeps what both
    attempts wrote.
+3. ``MEGATRON_LM=<checkout>`` through the same sbatch: the checkout's own ``pretrain_gpt.py``
+   (through patches/megatron_lm) trains DP2 across the two nodes, and its TensorBoard scalars and
+   final checkpoint equal the same command launched on one node without Slurm, bit for bit. The
+   checkout is a copy of the newest fixture in ../shared/megatron-lm (skipped without one).
 
 Skipped where Slurm is not installed (``bash scripts/slurm_cluster.sh install`` as root, which
 .ci/run does) or the cluster does not come up.
@@ -22,6 +26,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.data.tiny_corpus import build_tiny_corpus
 from tests.workers.launch import REPO, free_port
@@ -71,10 +76,11 @@ def job_env(slurm_conf, corpus, out):
     return env
 
 
-def submit(env, log, *extra):
-    """Submit the sbatch script from the repository root (as its header asks); returns the job id."""
+def submit(env, log, *extra, args=()):
+    """Submit the sbatch script from the repository root (as its header asks) with sbatch options
+    ``extra`` and script arguments ``args``; returns the job id."""
     cmd = ["sbatch", "--parsable", "--nodes", "2", "--gpus-per-node=0", "--exclusive",
-           f"--output={log}", *extra, SBATCH]
+           f"--output={log}", *extra, SBATCH, *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300 if "--wait" in extra else 60)
     assert proc.returncode == 0, proc.stderr
@@ -161,3 +167,83 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(cluster, corpus
     for it in rows:
         for key in COMPARED:
             assert rows[it][key] == without_slurm[it][key], (it, key)
+
+
+# Megatron-LM's start-up (imports, dataset indices) dominates its run: four iterations, the last
+# one validated and saved. Burn-in 2, so iterations 3 and 4 are reweighted. The legacy `torch`
+# checkpoint (one torch.save per model-parallel rank): the default torch_dist took 24 s to save
+# this 130 k-parameter model on 2 busy cores.
+MLM_ARGS = ["--train-iters", "4", "--eval-interval", "4", "--save-interval", "4",
+            "--ckpt-format", "torch"]
+MLM_SCALARS = ("lm loss", "weighted lm loss", "sample weight ess", "grad-norm", "learning-rate")
+
+
+@pytest.fixture(scope="module")
+def megatron_lm(tmp_path_factory):
+    """A writable copy of the newest Megatron-LM fixture checkout, dataset helpers built."""
+    from tests.test_megatron_lm import newest_prepared_copy
+
+    return newest_prepared_copy(str(tmp_path_factory.mktemp("megatron_lm") / "checkout"))
+
+
+def tensorboard_scalars(folder):
+    """``{tag: {iteration: value}}``: what Megatron-LM's training_log wrote (float32)."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = accumulator.EventAccumulator(str(folder))
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in MLM_SCALARS}
+
+
+def checkpoint_tensors(run):
+    """Every tensor (model, optimizer, RNG states) of a run's last checkpoint, by its key path."""
+    iteration = int((run / "latest_checkpointed_iteration.txt").read_text())
+    state = torch.load(run / f"iter_{iteration:07d}" / "mp_rank_00" / "model_optim_rng.pt",
+                       weights_only=False)
+    flat = {}
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}/{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(f"{prefix}/{i}", item)
+
+    walk("", state)
+    return flat
+
+
+def test_megatron_lm_through_sbatch_equals_it_without_slurm(cluster, corpus, megatron_lm,
+                                                            tmp_path):
+    reference = tmp_path / "reference"
+    env = job_env(cluster, corpus, reference)
+    env.update(MEGATRON_LM=megatron_lm, GPUS_PER_NODE="2")
+    proc = subprocess.run(["bash", LAUNCHER, *MLM_ARGS], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    env = job_env(cluster, corpus, out)
+    env["MEGATRON_LM"] = megatron_lm
+    job = submit(env, log, "--wait", args=MLM_ARGS)
+    text = log.read_text()
+    assert job_field(env, job, "JobState") == "COMPLETED", text[-4000:]
+    assert "node 0/2, 1 processes" in text and "node 1/2, 1 processes" in text, text[-4000:]
+    assert f"trainer Megatron-LM {megatron_lm}" in text
+    assert "data-parallel size: 2" in text  # Megatron-LM's own report of the layout
+    lines = [l for l in text.splitlines() if " iteration " in l and "consumed samples" in l]
+    assert len(lines) == 4 and all("weighted lm loss" in l for l in lines), text[-4000:]
+
+    scalars, expected = tensorboard_scalars(out / "tensorboard"), tensorboard_scalars(
+        reference / "tensorboard")
+    for tag in MLM_SCALARS:
+        assert sorted(scalars[tag]) == [1, 2, 3, 4], (tag, scalars[tag])
+        assert scalars[tag] == expected[tag], tag
+    ess = scalars["sample weight ess"]
+    assert ess[2] == 1.0 and ess[4] < 1.0  # reweighting on after the burn-in
+    tensors, expected = checkpoint_tensors(out), checkpoint_tensors(reference)
+    assert sorted(tensors) == sorted(expected) and len(tensors) > 10
+    for key in tensors:
+        assert torch.equal(tensors[key], expected[key]), key
