@@ -60,14 +60,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import shlex
 import sys
 from typing import Dict, List, Optional, Tuple
 
 from benchmarks import gpt_sweep
-from benchmarks.rw_eval_runs import (check_record, children_cpu_s, commit_results, note_time,
-                                     refused, status)
+from benchmarks.rw_eval_runs import ARCHIVE, archive_finished, check_record, children_cpu_s
+from benchmarks.rw_eval_runs import commit_results, note_time, refused
+from benchmarks.rw_eval_runs import status as run_status
 
 REPO = gpt_sweep.REPO
 TINY = gpt_sweep.CONFIG
@@ -216,6 +218,8 @@ def main(argv=None) -> int:
     best = tuple(shlex.split(a.best_flags)) if a.best_flags else BEST_FLAGS
     runs = [r for r in plan(combo, best, a.iters) if (not a.only or r.name in a.only)
             and (not a.group or r.group in a.group)]
+    # Finished runs are also kept (and committed) under results/: not redone if runs/ is lost.
+    status = functools.partial(run_status, archive=os.path.join(a.results, ARCHIVE))
     if a.list:
         from benchmarks.rw_eval_estimate import print_plan
         print_plan(runs, a.runs_dir, a.timing, refused, status)
@@ -253,6 +257,7 @@ def _report(a, message: str) -> None:
     """Regenerate the report (and commit it); a report failure must not stop the evaluation."""
     from benchmarks import rw_eval_report
     try:
+        archive_finished(a.runs_dir, os.path.join(a.results, ARCHIVE))
         rw_eval_report.main(["--runs-dir", a.runs_dir, "--out", a.results, "--quiet"])
         if a.commit and commit_results(a.results, message):
             print(f"committed {a.results}/rw_eval*", flush=True)

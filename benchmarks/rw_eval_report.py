@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 
 from benchmarks import gpt_sweep_report as rep
 from benchmarks import rw_eval
+from benchmarks.rw_eval_runs import ARCHIVE
 
 ESS_KEY = "train/sample weight ess"
 SERIES = (rep.R_KEY, ESS_KEY)
@@ -114,10 +115,16 @@ def ranking(variants: Dict[str, dict], groups=("clean", "noisy")) -> List[dict]:
     return sorted(out, key=lambda r: r["mean"])
 
 
-def build(runs_dir: str, data: Dict[str, str]) -> dict:
-    """Everything rw_eval.json holds."""
-    names = sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []
-    runs = [r for r in (load_run(os.path.join(runs_dir, n)) for n in names) if r]
+def build(runs_dir: str, data: Dict[str, str], archive: Optional[str] = None) -> dict:
+    """Everything rw_eval.json holds, from the runs directory and, for runs not there, the
+    committed archive of finished runs (``rw_eval_runs.archive_finished``)."""
+    paths = {}
+    for folder in (archive, runs_dir):
+        if folder is None:
+            continue
+        for n in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+            paths[n] = os.path.join(folder, n)
+    runs = [r for r in (load_run(paths[n]) for n in sorted(paths)) if r]
     corpus_shares = {c: rep.blend_shares(os.path.join(p, "manifest.json")) for c, p in data.items()}
     groups = {g.name: g for g in rw_eval.GROUPS}
     shares = {g: corpus_shares.get(groups[g].corpus if g in groups else g, {})
@@ -197,7 +204,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--quiet", action="store_true", help="write the files, print only their names")
     a = p.parse_args(argv)
-    report = build(a.runs_dir, {"clean": a.clean_data, "noisy": a.noisy_data})
+    # The committed archive of finished runs lives next to the report (rw_eval_runs.ARCHIVE).
+    report = build(a.runs_dir, {"clean": a.clean_data, "noisy": a.noisy_data},
+                   archive=os.path.join(a.out, ARCHIVE))
     if not report["variants"]:
         print(f"rw_eval_report: error: no finished runs in {a.runs_dir}", file=sys.stderr)
         return 1

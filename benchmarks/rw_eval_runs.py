@@ -20,6 +20,46 @@ from benchmarks import gpt_sweep
 
 REPO = gpt_sweep.REPO
 RESULTS = ("rw_eval.json", "rw_eval_diffs.png", "rw_eval_noise.png", "rw_eval_scale.png")
+# Each finished run's run.json and metrics.jsonl (~50 KB), committed with the report: the report
+# can be rebuilt from them and a finished run is not redone if the runs directory (git-ignored,
+# with the checkpoints) is lost between sessions.
+ARCHIVE = "rw_eval_runs"  # inside the results directory
+ARCHIVED_FILES = ("run.json", "metrics.jsonl")
+
+
+def archive_finished(runs_dir: str, archive: str) -> list:
+    """Copy run.json and metrics.jsonl of every finished run (its checkpoint at its last
+    iteration) into ``archive/<name>/``; returns the names archived now or before."""
+    import shutil
+
+    names = []
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
+        src = os.path.join(runs_dir, name)
+        try:
+            with open(os.path.join(src, "run.json"), encoding="utf-8") as f:
+                iters = json.load(f)["iters"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if not gpt_sweep.finished(src, iters):
+            continue
+        os.makedirs(os.path.join(archive, name), exist_ok=True)
+        for file in ARCHIVED_FILES:
+            shutil.copyfile(os.path.join(src, file), os.path.join(archive, name, file))
+        names.append(name)
+    return names
+
+
+def archived(run, archive: Optional[str]) -> bool:
+    """True if ``archive/<name>`` holds the run's finished record with the planned iterations."""
+    if archive is None:
+        return False
+    folder = os.path.join(archive, run.name)
+    try:
+        with open(os.path.join(folder, "run.json"), encoding="utf-8") as f:
+            same = json.load(f).get("iters") == run.iters
+    except (OSError, ValueError):
+        return False
+    return same and os.path.exists(os.path.join(folder, "metrics.jsonl"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -49,10 +89,10 @@ def refused(run) -> Optional[str]:
     return None
 
 
-def status(run, runs_dir: str) -> str:
-    """done / partial (iteration) / to do."""
+def status(run, runs_dir: str, archive: Optional[str] = None) -> str:
+    """done / partial (iteration) / to do; a run in ``archive`` is done."""
     out = os.path.join(runs_dir, run.name)
-    if gpt_sweep.finished(out, run.iters):
+    if gpt_sweep.finished(out, run.iters) or archived(run, archive):
         return "done"
     try:
         with open(os.path.join(out, "latest_checkpointed_iteration.txt")) as f:
@@ -95,7 +135,7 @@ def note_time(run, runs_dir: str, wall_s: float, cpu_s: float) -> None:
 
 def commit_results(results_dir: str, message: str, repo: str = REPO) -> bool:
     """Commit only the evaluation's result files (if changed); other changes stay uncommitted."""
-    paths = [os.path.join(results_dir, n) for n in RESULTS
+    paths = [os.path.join(results_dir, n) for n in RESULTS + (ARCHIVE,)
              if os.path.exists(os.path.join(results_dir, n))]
     if not paths:
         return False

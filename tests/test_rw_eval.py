@@ -277,3 +277,23 @@ def test_timing_analysis_of_a_log():
     assert t["startup_s"] == pytest.approx(25.0)  # first log at 30 s less 5 iterations x 1 s
     assert t["eval_s"] == pytest.approx(8.0) and t["parameters"] == 1580672
     assert t["cpu_share"] == pytest.approx(0.25)  # 30 CPU s over 2 cores x 60 s
+
+
+def test_finished_runs_are_archived_and_count_when_the_runs_dir_is_lost(runs_dir,
+                                                                        tmp_path_factory):
+    plan = {r.name: r for r in rw_eval.plan()}
+    for name in os.listdir(runs_dir):  # the runner's checkpoints: at the last iteration if done
+        if name in plan:
+            last = 200 if name == "clean-ess0.7-s1234" else plan[name].iters
+            (runs_dir / name / "latest_checkpointed_iteration.txt").write_text(str(last))
+    archive = tmp_path_factory.mktemp("results") / rw_eval_runs.ARCHIVE
+    names = rw_eval_runs.archive_finished(str(runs_dir), str(archive))
+    assert "noisy-uniform-s1234" in names and "clean-ess0.7-s1234" not in names
+    lost = tmp_path_factory.mktemp("lost")  # a new session without the runs directory
+    assert rw_eval_runs.status(plan["noisy-uniform-s1234"], str(lost), str(archive)) == "done"
+    assert rw_eval_runs.status(plan["clean-ess0.7-s1234"], str(lost), str(archive)) == "to do"
+    assert rw_eval_runs.status(plan["noisy-uniform-s1234"], str(lost)) == "to do"
+    data = {"clean": str(lost / "none"), "noisy": str(lost / "none")}
+    full = rep.build(str(runs_dir), data)
+    rebuilt = rep.build(str(lost), data, archive=str(archive))
+    assert rebuilt["variants"] == full["variants"] and rebuilt["runs_used"] == full["runs_used"]
