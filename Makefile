@@ -56,7 +56,7 @@ $(COMPAT_STAMP): pyproject.toml
 	$(call make_venv,$(COMPAT_PYTHON),python3.11,COMPAT_PYTHON,$(COMPAT_VENV),$(COMPAT_TORCH),$(COMPAT_MCORE))
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 # The tests marked `compat` (uniform bitwise vs the baseline, layout equivalence, multi-node rank
 # mapping, the entry point's resume, the compat layer) on megatron-core 0.16.1.
