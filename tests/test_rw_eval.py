@@ -210,7 +210,9 @@ def test_list_prints_estimates_per_group(runs_dir, tmp_path, capsys):
     timing = tmp_path / "timing.json"
     prof = {"s_per_iter": 0.5, "startup_s": 20.0, "eval_s": 10.0, "cpu_share": 0.5}
     timing.write_text(json.dumps({"profiles": {p: prof for p in rw_eval.PROFILES}}))
-    assert rw_eval.main(["--list", "--runs-dir", str(runs_dir), "--timing", str(timing)]) == 0
+    # --results: the repository's own archive of finished runs (results/rw_eval_runs) stays out.
+    assert rw_eval.main(["--list", "--runs-dir", str(runs_dir), "--timing", str(timing),
+                         "--results", str(tmp_path / "results")]) == 0
     printed = capsys.readouterr().out
     run = next(r for r in rw_eval.plan() if r.name == "clean-uniform-s1234")
     # 400 iterations: 20 + 400 x 0.5 + 8 evaluations x 10 = 300 s at the measured load
@@ -238,7 +240,7 @@ def test_main_skips_done_and_blocked_runs_without_training(runs_dir, capsys, mon
     only = ["clean-uniform-s1234", "clean-robust-best-s1234", "noisy-ess0.7-s1234"]
     assert rw_eval.main(["--runs-dir", str(runs_dir), "--max-runs", "0", "--clean-data",
                          str(data / "clean"), "--noisy-data", str(data / "noisy"),
-                         "--only", *only]) == 0
+                         "--results", str(data / "results"), "--only", *only]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].endswith("clean-uniform-s1234: done")
     assert printed[1].endswith("clean-robust-best-s1234: blocked: flags not chosen yet "
