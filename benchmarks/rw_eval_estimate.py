@@ -11,7 +11,6 @@ run counts its remaining iterations.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from typing import Callable, List, Optional
 

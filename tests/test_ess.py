@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from megatron_rw.config import ReweightConfig
-from megatron_rw.ess import T_MAX, T_MIN, temperature_for_ess
+from megatron_rw.ess import T_MAX, temperature_for_ess
 from megatron_rw.loss import STAT_KEYS, TEMPERATURE, reweighted_loss_func
 from megatron_rw.strategies import available_strategies
 from megatron_rw.weights import sample_scores, softmax_weights
