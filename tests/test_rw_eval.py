@@ -68,9 +68,13 @@ def test_variant_flags_and_matched_budgets():
 
 
 def test_refused_names_the_reason():
-    runs = {r.name: r for r in rw_eval.plan()}
+    runs = {r.name: r for r in rw_eval.plan(combo=None, best=None)}
     assert rw_eval_runs.refused(runs["clean-uniform-s1234"]) is None
     assert "not chosen" in rw_eval_runs.refused(runs["clean-robust-best-s1234"])
+    assert "not chosen" in rw_eval_runs.refused(runs["scale-best-s1234"])
+    chosen = {r.name: r for r in rw_eval.plan()}  # the committed choice is one the trainer takes
+    assert rw_eval.COMBO_FLAGS is None or rw_eval_runs.refused(chosen["clean-robust-best-s1234"]) is None
+    assert rw_eval.BEST_FLAGS is None or rw_eval_runs.refused(chosen["scale-best-s1234"]) is None
     bad = rw_eval.plan(combo=("--sample-reweight-no-such-flag", "1"))
     why = rw_eval_runs.refused(next(r for r in bad if r.variant == "robust-best"))
     assert why.startswith("trainer refuses") and "no-such-flag" in why
@@ -233,6 +237,7 @@ def test_main_skips_done_and_blocked_runs_without_training(runs_dir, capsys, mon
             "200" if name == "clean-ess0.7-s1234" else "400" if "scale" not in name
             else str(rw_eval.SCALE_ITERS))
     monkeypatch.setattr(gpt_sweep, "run_one", lambda *a, **k: pytest.fail("launched a run"))
+    monkeypatch.setattr(rw_eval, "COMBO_FLAGS", None)  # as before the choice was committed
     data = runs_dir / "data"
     for c in ("clean", "noisy"):
         (data / c).mkdir(parents=True)
