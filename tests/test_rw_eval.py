@@ -208,7 +208,8 @@ def test_report_main_and_plots(runs_dir, tmp_path, capsys):
     assert rep.main(["--runs-dir", str(tmp_path / "empty"), "--out", str(out)]) == 1
 
 
-def test_list_prints_estimates_per_group(runs_dir, tmp_path, capsys):
+def test_list_prints_estimates_per_group(runs_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(rw_eval, "BEST_FLAGS", None)  # as before the choice was committed
     for seed in SEEDS[:2]:
         (runs_dir / f"clean-uniform-s{seed}" / "latest_checkpointed_iteration.txt").write_text("400")
     timing = tmp_path / "timing.json"
