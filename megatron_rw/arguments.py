@@ -105,8 +105,9 @@ def add_sample_reweight_args(parser: argparse.ArgumentParser) -> argparse.Argume
     g.add_argument("--sample-reweight-preview", type=_strategy, default=_DEFAULTS.preview or None,
                    metavar="NAME",
                    help="Also compute the weights strategy NAME would give (same r or target "
-                        "ESS, same unit) and log them per domain ('preview weight/<domain>', "
-                        "'preview weight ess') without applying them. Default: off.")
+                        "ESS, same unit) and log them per domain ('preview weight/<domain>'; "
+                        "through the Megatron-LM patch 'preview weight share/<domain>') and "
+                        "their ESS ('preview weight ess') without applying them. Default: off.")
     g.add_argument("--sample-reweight-skip-nonfinite", action="store_true",
                    help="Give samples with a NaN/Inf loss weight 0 and count them (invalid "
                         "samples) instead of stopping the run with Megatron's NaN/Inf check. "

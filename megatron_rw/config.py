@@ -64,8 +64,9 @@ class ReweightConfig:
     slot share it."""
 
     preview: str = ""
-    """A strategy whose weights are computed and reported (``preview weight/<domain>``, ``preview
-    weight ess``) but not applied: see on your own data what it would do before committing a run.
+    """A strategy whose weights are computed and reported (``preview weight/<domain>``, through
+    the Megatron-LM patch ``preview weight share/<domain>``; ``preview weight ess``) but not
+    applied: see on your own data what it would do before committing a run.
     Uses the same r (or target ESS) and unit. Empty = off."""
 
     skip_nonfinite: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -119,5 +120,12 @@ def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
     assert all("weighted lm loss" in l and "sample weight ess" in l for l in lines)
     assert "sample weight ess: 1.000000E+00" in lines[0]  # the 1-step burn-in
     assert "sample weight ess: 1.000000E+00" not in lines[2]
+    # the training blend's domains (--train-data-path prefixes, split suffix dropped), training
+    # steps only: rw_domains.py
+    names = re.findall(r"sample weight share/(\S+):", lines[2])
+    assert len(names) >= 2 and not any(n.endswith("_train") for n in names), lines[2]
+    assert all(f"sample share/{n}:" in lines[2] for n in names)
+    validation = [l for l in log.splitlines() if "validation loss at iteration" in l]
+    assert validation and not any("share/" in l for l in validation)
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     assert any((out / "tensorboard").iterdir())

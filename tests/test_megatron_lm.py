@@ -171,6 +171,34 @@ def test_documents_target_ess_and_preview_through_the_patch(megatron_lm, layout)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dp2", "tp2"])
+def test_per_domain_shares_through_the_patch(megatron_lm, layout):
+    """A blend of two prefixes (random tokens from 50 ids, ``easy``, or from 400, ``hard``):
+    every training step reports each domain's share of the samples, of the weight and of the
+    preview's weight (TP2: the ids broadcast from the first TP rank, which alone reads data).
+    Each kind of share sums to 1 over the domains; during the burn-in every weight is 1, so the
+    weight shares are the sample shares; after it linupper gives the higher-loss domain more
+    than its share of samples."""
+    name, result, log, _ = megatron_lm
+    run = result["runs"][f"{layout}/domains"]
+    assert run["stopped"] is None and len(run["iterations"]) == 6, (name, run)
+    losses = [r["loss"] for r in run["iterations"]]
+    domains = ("easy", "hard")
+    for loss in losses:
+        for kind in ("sample share", "sample weight share", "preview weight share"):
+            assert sum(loss[f"{kind}/{d}"] for d in domains) == pytest.approx(1, abs=1e-5), kind
+        assert all(0 < loss[f"sample share/{d}"] < 1 for d in domains)
+    for loss in losses[:2]:
+        for d in domains:
+            assert loss[f"sample weight share/{d}"] == pytest.approx(loss[f"sample share/{d}"])
+    after = losses[2:]
+    gain = [x["sample weight share/hard"] - x["sample share/hard"] for x in after]
+    assert all(g > 0 for g in gain), gain
+    assert any("sample weight share/hard" in line for line in log.splitlines()
+               if " iteration " in line)
+
+
+@pytest.mark.slow
 def test_nan_sample_stops_like_unpatched_unless_skipped(megatron_lm):
     name, result, log, _ = megatron_lm
     runs = result["runs"]

@@ -220,6 +220,53 @@ def test_wrapped_forward_step_passes_through_and_builds_config_once():
         assert loss_fn.keywords["config"].strategy == "quadratic"
 
 
+def test_wrapped_forward_step_reports_domains_while_training(monkeypatch):
+    """The data iterator's ``dataset_id`` reaches the loss as per-domain shares while the model
+    trains; not in evaluation, not for ``uniform`` without a preview, -1 for a batch without it."""
+    from megatron.core import parallel_state as ps
+
+    import rw_domains
+    monkeypatch.setattr(ps, "get_tensor_model_parallel_rank", lambda: 0)  # one rank, no group
+    monkeypatch.setattr(ps, "get_tensor_model_parallel_world_size", lambda: 1)
+    ids = torch.tensor([1, 0])
+    batches = iter([{"tokens": MASK, "dataset_id": ids}] * 3 + [{"tokens": MASK}])
+    drawn = []
+
+    def forward_step(data_iterator, model):
+        drawn.append(next(data_iterator))
+        return "OUT", functools.partial(megatron_loss_func, MASK, model=model)
+
+    def keywords(wrapped, model):
+        return wrapped(batches, model)[1].keywords["reweighted"].keywords
+
+    asked = []
+    model = torch.nn.Linear(1, 1)
+    wrapped = rw.wrap_forward_step(
+        forward_step, get_config=lambda: ReweightConfig(strategy="linupper"),
+        get_iteration=lambda: 0, expected_loss_func=megatron_loss_func,
+        get_domains=lambda: asked.append(1) or ["books", "code"])
+    telemetry = keywords(wrapped, model)["telemetry"]
+    assert telemetry.shares and telemetry.domain_names == ("books", "code")
+    assert torch.equal(telemetry.domain_ids, ids) and drawn[0]["dataset_id"] is ids
+    model.eval()
+    assert "telemetry" not in keywords(wrapped, model)
+    model.train()
+    assert torch.equal(keywords(wrapped, model)["telemetry"].domain_ids, ids)
+    assert keywords(wrapped, model)["telemetry"].domain_ids.tolist() == [-1, -1]
+    assert asked == [1] and len(drawn) == 4
+    uniform = rw.wrap_forward_step(
+        forward_step, get_config=lambda: ReweightConfig(strategy="uniform"),
+        get_iteration=lambda: 0, expected_loss_func=megatron_loss_func,
+        get_domains=lambda: pytest.fail("uniform without a preview asked for domains"))
+    batches = iter([{"tokens": MASK, "dataset_id": ids}])
+    assert "telemetry" not in keywords(uniform, model)
+    assert rw_domains.unique(["books", "code", "books", "books"]) == [
+        "books", "code", "books#2", "books#3"]
+    from megatron_rw.training.data import domain_name
+    assert [domain_name(p) for p in ("/d/books_text_document", "/d/books_train", "/d/code")] == [
+        "books", "books", "code"]
+
+
 @pytest.mark.parametrize("result, message", [
     (("OUT", functools.partial(megatron_loss_func, MASK, model=None)), None),
     (("OUT", functools.partial(megatron_loss_func, None, model=None)), None),  # middle PP stage

@@ -1,9 +1,11 @@
 """Per-domain report and per-sample sink of the loss hook (one process)."""
 
+import dataclasses
+
 import torch
 
 from megatron_rw import ReweightConfig, compute_sample_weights, reweighted_loss_func
-from megatron_rw.telemetry import SampleTelemetry, domain_report
+from megatron_rw.telemetry import SampleTelemetry, domain_report, domain_shares
 from megatron_rw.weights import normalise_losses
 
 B, S = 8, 12
@@ -58,3 +60,35 @@ def test_telemetry_changes_no_loss_and_sees_the_hooks_weights(host_syncs):
     w_sum = sum(report[f"sample weight/{n}"][0] for n in NAMES)
     count = sum(report[f"sample weight/{n}"][1] for n in NAMES)
     assert count == valid.sum() and torch.isclose(w_sum / count, torch.tensor(1.0))
+
+
+def test_domain_shares_match_a_loop():
+    w = torch.tensor([0.5, 1.5, 2.0, 1.0, 0.25, 0.0, 0.75, 2.0])
+    valid = torch.tensor([True, True, True, True, True, False, True, True])
+    ids = torch.tensor([0, 1, 1, 2, 0, 1, -1, 0])  # -1: a row of no named domain
+    report = domain_shares(w, valid, ids, NAMES)
+    for d, name in enumerate(NAMES):
+        rows = [i for i in range(8) if ids[i] == d and valid[i]]
+        assert report[f"sample weight share/{name}"].tolist() == [sum(w[i].item() for i in rows), 7]
+        assert report[f"sample share/{name}"].tolist() == [len(rows), 7]
+
+
+def test_shares_sum_to_one_and_equal_sample_shares_under_uniform():
+    """Megatron-LM's reduction divides each step: shares never divide by a domain's count."""
+    mask, out, ids = _inputs()
+    tel = SampleTelemetry(domain_ids=ids, domain_names=NAMES, shares=True)
+    config = dataclasses.replace(LINUPPER, preview="quadratic")
+    _, _, report = reweighted_loss_func(mask, out, config=config, iteration=0, telemetry=tel)
+    assert not any(k.startswith(("sample weight/", "sample loss/", "preview weight/")) for k in report)
+    for kind in ("sample share", "sample weight share", "preview weight share"):
+        pairs = torch.stack([report[f"{kind}/{n}"] for n in NAMES])
+        assert torch.all(pairs[:, 1] == 7)  # every valid row of the micro-batch (row 5 is padding)
+        assert torch.isclose(pairs[:, 0].sum() / 7, torch.tensor(1.0)), kind
+    uniform = dataclasses.replace(config, strategy="uniform")
+    _, _, report = reweighted_loss_func(mask, out, config=uniform, iteration=0, telemetry=tel)
+    for n in NAMES:
+        assert torch.equal(report[f"sample weight share/{n}"], report[f"sample share/{n}"])
+    # a domain absent from the micro-batch: share 0 over 7, not 0/0
+    _, _, report = reweighted_loss_func(mask, out, config=config, iteration=0, telemetry=
+                                        dataclasses.replace(tel, domain_ids=ids.clamp(max=1)))
+    assert report["sample share/qa"].tolist() == [0.0, 7.0]

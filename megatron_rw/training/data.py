@@ -77,12 +77,17 @@ def check_data(blends: Dict[str, Optional[Blend]], tokenizer: SentencePieceToken
 
 
 SPLIT_SUFFIXES = ("_train", "_valid", "_val", "_test")
+# What Megatron-LM's tools/preprocess_data.py appends to --output-prefix (json key, level).
+MEGATRON_SUFFIX = "_text_document"
 
 
 def domain_name(prefix: str) -> str:
-    """A blend member's display name: its basename without a split suffix
-    (``.../megatron/books_train`` -> ``books``), so train and valid name a domain alike."""
+    """A blend member's display name: its basename without Megatron-LM's ``_text_document`` and
+    a split suffix (``.../megatron/books_train`` and ``.../books_text_document`` -> ``books``),
+    so train and valid name a domain alike."""
     name = os.path.basename(prefix)
+    if name.endswith(MEGATRON_SUFFIX) and len(name) > len(MEGATRON_SUFFIX):
+        name = name[: -len(MEGATRON_SUFFIX)]
     for suffix in SPLIT_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]

@@ -17,6 +17,9 @@ while the block runs:
 - ``pretrain`` (and ``parse_and_validate_args`` where the block parses the flags itself): the
   block's ``extra_args_provider`` is chained with ``add_sample_reweight_args``.
 
+With a blend of several prefixes and a strategy other than ``uniform`` (or a preview), training
+steps also report each domain's share of the samples and of the weight (rw_domains.py).
+
 Every step checks that it replaced what it expected and raises otherwise; see rw_wrap.py.
 """
 
@@ -69,9 +72,10 @@ def current_iteration(args) -> int:
     return args.iteration
 
 
-def run(pretrain_gpt, get_args, get_eod=None) -> None:
+def run(pretrain_gpt, get_args, get_eod=None, get_domains=None) -> None:
     """Run ``pretrain_gpt``'s main block with the reweighted ``forward_step`` and flags;
-    ``get_eod`` returns the tokenizer's end-of-document id (for documents as units)."""
+    ``get_eod`` returns the tokenizer's end-of-document id (for documents as units),
+    ``get_domains`` the training blend's member names (for per-domain shares)."""
     for name in ("forward_step", "loss_func", "pretrain"):
         if not hasattr(pretrain_gpt, name):
             raise ContractError(
@@ -82,6 +86,7 @@ def run(pretrain_gpt, get_args, get_eod=None) -> None:
         get_iteration=lambda: current_iteration(get_args()),
         expected_loss_func=pretrain_gpt.loss_func,
         get_eod=get_eod,
+        get_domains=get_domains,
     )
     pretrain = guard_pretrain(pretrain_gpt.pretrain, forward_step, add_sample_reweight_args)
     overrides = {"forward_step": forward_step, "pretrain": pretrain}
@@ -109,7 +114,9 @@ def main() -> None:
         from megatron.training import get_tokenizer
         return get_tokenizer().eod
 
-    run(pretrain_gpt, get_args, get_eod)
+    from rw_domains import domain_names
+
+    run(pretrain_gpt, get_args, get_eod, lambda: domain_names(get_args()))
 
 
 if __name__ == "__main__":

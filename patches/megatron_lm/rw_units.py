@@ -6,7 +6,7 @@ rows already sliced for context parallelism and, on tensor-parallel ranks other 
 broadcast from it; what the patch sees afterwards is only the loss mask. So the slots are found
 where whole rows still exist, without changing Megatron-LM's code:
 
-1. ``forward_step``'s data iterator is wrapped (:class:`LabelTap`): the batch dict that
+1. ``forward_step``'s data iterator is wrapped (``rw_wrap.BatchTap``): the batch dict that
    ``get_batch`` draws passes through unchanged and its ``labels`` are kept;
 2. the first tensor-parallel rank computes the slots and broadcasts them over the TP group (the
    data iterator exists only there, as for Megatron-LM's own broadcast of the labels);
@@ -18,26 +18,9 @@ Importable without Megatron-LM; megatron.core is imported only when slots are co
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
-
-
-class LabelTap:
-    """An iterator that yields what ``source`` yields and keeps the last batch's ``labels``."""
-
-    def __init__(self, source: Any):
-        self.source = source
-        self.labels: Optional[torch.Tensor] = None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = next(self.source)
-        if isinstance(batch, dict) and isinstance(batch.get("labels"), torch.Tensor):
-            self.labels = batch["labels"]
-        return batch
 
 
 def document_slots(labels: Optional[torch.Tensor], loss_mask: torch.Tensor, eod: int,
@@ -48,7 +31,7 @@ def document_slots(labels: Optional[torch.Tensor], loss_mask: torch.Tensor, eod:
     the last pipeline stage calls this for the same micro-batch).
 
     Args:
-        labels: ``[b, s]`` whole-row labels on the first TP rank (from :class:`LabelTap`); None
+        labels: ``[b, s]`` whole-row labels on the first TP rank (from ``rw_wrap.BatchTap``); None
             elsewhere.
         loss_mask: ``[b, s / cp]`` this rank's loss mask.
         eod: the tokenizer's end-of-document id.

@@ -24,7 +24,7 @@ import ast
 import functools
 import inspect
 from types import CodeType, ModuleType
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -36,6 +36,25 @@ DROPPABLE_KEYWORDS = ("model", "input_masked_positions")
 
 class ContractError(RuntimeError):
     """Megatron-LM's pretrain_gpt.py does not have the shape this patch was written for."""
+
+
+class BatchTap:
+    """An iterator that yields what ``source`` yields and keeps the last batch's tensors named in
+    ``keys`` (``kept``): what Megatron-LM's ``get_batch`` draws passes through unchanged."""
+
+    def __init__(self, source: Any, keys=("labels", "dataset_id")):
+        self.source = source
+        self.keys = keys
+        self.kept: Dict[str, torch.Tensor] = {}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.source)
+        if isinstance(batch, dict):
+            self.kept = {k: batch[k] for k in self.keys if isinstance(batch.get(k), torch.Tensor)}
+        return batch
 
 
 def _describe(obj: Any) -> str:
@@ -117,7 +136,8 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                       get_iteration: Callable[[], int], *, loss_func: Optional[Callable] = None,
                       expected_loss_func: Optional[Callable] = None,
                       contract: str = "token_sum",
-                      get_eod: Optional[Callable[[], int]] = None) -> Callable:
+                      get_eod: Optional[Callable[[], int]] = None,
+                      get_domains: Optional[Callable[[], Sequence[str]]] = None) -> Callable:
     """``forward_step`` with its loss partial replaced by the reweighted loss, checked by
     Megatron-LM's own ``loss_func`` (:func:`megatron_checked_loss`).
 
@@ -135,6 +155,10 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         get_eod: returns the tokenizer's end-of-document id; needed with documents as units
             (``config.unit == "document"``), whose slots come from the data iterator's labels
             (patches/megatron_lm/rw_units.py).
+        get_domains: returns the training blend's member names in ``dataset_id`` order ([] for
+            none; called once). With names, a strategy other than ``uniform`` or a preview,
+            training steps report per-domain shares of the weights (patches/megatron_lm/
+            rw_domains.py); ``loss_func`` then gets ``telemetry=``.
 
     Returns:
         A function returning ``(output, partial(megatron_checked_loss, loss_mask,
@@ -144,18 +168,21 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
     """
     if loss_func is None:
         from megatron_rw import reweighted_loss_func as loss_func
-    config = []  # filled on the first call
+    config, domains = [], []  # filled on the first call: the flags are parsed inside pretrain
 
     @functools.wraps(forward_step)
     def reweighted_forward_step(*args, **kwargs):
         if not config:
             config.append(get_config())
+            reweights = config[0].strategy != "uniform" or bool(config[0].preview)
+            domains.extend(get_domains() if get_domains is not None and reweights else ())
         per_doc = getattr(config[0], "unit", "sample") == "document"
+        per_domain = bool(domains) and _training(args, kwargs)
         tap = None
-        if per_doc:
-            from rw_units import LabelTap
-            args, kwargs, tap = _tap_data_iterator(args, kwargs, LabelTap)
+        if per_doc or per_domain:
+            args, kwargs, tap = _tap_data_iterator(args, kwargs, BatchTap)
         result = forward_step(*args, **kwargs)
+        kept = tap.kept if tap is not None else {}  # what forward_step's get_batch drew
         if not (isinstance(result, tuple) and len(result) == 2):
             raise ContractError(
                 f"forward_step returned {_describe(result)}, expected (output_tensor, loss_func)")
@@ -166,8 +193,15 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
             from rw_units import document_slots
             if get_eod is None:
                 raise ContractError("documents as units need the tokenizer's end-of-document id")
-            extra["units"] = document_slots(tap.labels if tap else None, loss_mask, get_eod(),
+            extra["units"] = document_slots(kept.get("labels"), loss_mask, get_eod(),
                                             config[0].max_documents)
+        if per_domain and loss_mask is not None:
+            from rw_domains import row_domains
+
+            from megatron_rw.telemetry import SampleTelemetry
+            ids = row_domains(kept.get("dataset_id"), loss_mask.shape[0], loss_mask.device)
+            extra["telemetry"] = SampleTelemetry(domain_ids=ids, domain_names=tuple(domains),
+                                                 shares=True)
         reweighted = functools.partial(loss_func, loss_mask, config=config[0],
                                        iteration=get_iteration(), contract=contract, **extra)
         return output, functools.partial(
@@ -175,6 +209,13 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
             skip_nonfinite=getattr(config[0], "skip_nonfinite", False))
 
     return reweighted_forward_step
+
+
+def _training(args: tuple, kwargs: dict) -> bool:
+    """Whether ``forward_step``'s model (second positional or ``model=``) is in training mode;
+    Megatron-LM's ``evaluate`` switches it to eval mode."""
+    model = args[1] if len(args) > 1 else kwargs.get("model")
+    return bool(getattr(model, "training", True))
 
 
 def _tap_data_iterator(args: tuple, kwargs: dict, tap_class):

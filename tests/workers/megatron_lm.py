@@ -13,7 +13,8 @@ Phases:
   ``SAVE_AT`` (every rank, after a barrier, so the checkpoint is complete and nothing else is);
 - ``main``: for DP2, TP2 and PP2 the unpatched ``pretrain_gpt.py`` and the patch with
   ``uniform``; ``--load`` of the killed run's checkpoint; linupper with TensorBoard; documents
-  as units with a target ESS and a preview (DP2, TP2); NaN written
+  as units with a target ESS and a preview (DP2, TP2); per-domain shares on a two-prefix blend
+  of random-token documents (``easy``: tokens 0-49, ``hard``: 0-399; DP2, TP2); NaN written
   into one sample's token losses at iteration ``NAN_AT``: patched with
   ``--sample-reweight-skip-nonfinite``, then unpatched and patched without it (these stop).
 - ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
@@ -72,6 +73,11 @@ LINUPPER = ["--sample-reweight-strategy", "linupper", "--sample-reweight-r", "0.
 # ESS 0.7, and a preview of quadratic.
 DOCUMENTS = [*LINUPPER, "--sample-reweight-unit", "document", "--sample-reweight-max-documents",
              "4", "--sample-reweight-target-ess", "0.7", "--sample-reweight-preview", "quadratic"]
+
+# Per-domain shares (rw_domains.py): linupper and a preview of quadratic on a blend of two
+# prefixes, written by write_blend.
+DOMAINS = [*LINUPPER, "--sample-reweight-preview", "quadratic"]
+BLEND = {"easy": 50, "hard": 400}  # domain -> token ids drawn from range(n); vocabulary 500
 
 RECORD = {"iterations": [], "model": None}
 INJECT = {"on": False}
@@ -156,7 +162,8 @@ def _load_patch():
 def run(checkout, flags, patched, nan=False):
     """One ``pretrain``; returns its records and this rank's parameters (None if it stopped)."""
     script = os.path.join(checkout, "pretrain_gpt.py")
-    sys.argv = [PATCH if patched else script, *MODEL, *TRAIN, *CPU_FLAGS, *flags]
+    train = [f for f in TRAIN if f != "--mock-data" or "--data-path" not in flags]
+    sys.argv = [PATCH if patched else script, *MODEL, *train, *CPU_FLAGS, *flags]
     RECORD.update(iterations=[], model=None)
     INJECT["on"] = nan
     outcome = {"stopped": None}
@@ -197,6 +204,30 @@ def summed(counts):
     return t.tolist()
 
 
+def write_blend(work):
+    """``--data-path`` flags of a blend of BLEND's domains, equal weights: 200 documents each of
+    20-119 uniformly random tokens (the same files on every rank; rank 0 writes them)."""
+    import numpy
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    folder = os.path.join(work, "blend")
+    flags = ["--data-path"]
+    for k, (name, tokens) in enumerate(BLEND.items()):
+        prefix = os.path.join(folder, f"{name}_text_document")
+        flags += ["0.5", prefix]
+        if dist.get_rank() == 0:
+            os.makedirs(folder, exist_ok=True)
+            g = numpy.random.default_rng(k)
+            builder = IndexedDatasetBuilder(prefix + ".bin", dtype=numpy.int32)
+            for _ in range(200):
+                doc = g.integers(0, tokens, int(g.integers(20, 120)), dtype=numpy.int32)
+                builder.add_item(torch.from_numpy(doc))
+                builder.end_document()
+            builder.finalize(prefix + ".idx")
+    dist.barrier()
+    return [*flags, "--split", "100,0,0"]
+
+
 def phase_kill(checkout, work):
     training.save_checkpoint = _kill_after_save(training.save_checkpoint, SAVE_AT)
     run(checkout, [*UNIFORM, "--save", os.path.join(work, "ckpt"), "--save-interval",
@@ -235,6 +266,9 @@ def phase_main(checkout, work, layouts):
         params["dp2/linupper"], params["dp2/unpatched"]))
     for layout in ("dp2", "tp2"):
         keep(f"{layout}/documents", LAYOUTS[layout] + DOCUMENTS, True)
+    blend = write_blend(work)  # after the first runs: Megatron-LM has initialised the group
+    for layout in ("dp2", "tp2"):
+        keep(f"{layout}/domains", LAYOUTS[layout] + DOMAINS + blend, True)
     keep("nan/patched-skip", [*UNIFORM, "--sample-reweight-skip-nonfinite"], True, nan=True)
     # Megatron's rerun machinery saves a checkpoint before it stops the run: give it a place.
     for name, flags, patched in (("nan/unpatched", [], False), ("nan/patched", UNIFORM, True)):
