@@ -73,12 +73,13 @@ def test_domain_shares_match_a_loop():
         assert report[f"sample share/{name}"].tolist() == [len(rows), 7]
 
 
-def test_shares_sum_to_one_and_equal_sample_shares_under_uniform():
+def test_shares_sum_to_one_and_equal_sample_shares_under_uniform(host_syncs):
     """Megatron-LM's reduction divides each step: shares never divide by a domain's count."""
     mask, out, ids = _inputs()
     tel = SampleTelemetry(domain_ids=ids, domain_names=NAMES, shares=True)
     config = dataclasses.replace(LINUPPER, preview="quadratic")
     _, _, report = reweighted_loss_func(mask, out, config=config, iteration=0, telemetry=tel)
+    assert host_syncs == []  # before the checks below, which read values
     assert not any(k.startswith(("sample weight/", "sample loss/", "preview weight/")) for k in report)
     for kind in ("sample share", "sample weight share", "preview weight share"):
         pairs = torch.stack([report[f"{kind}/{n}"] for n in NAMES])
