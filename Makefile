@@ -21,6 +21,11 @@ COMPAT_STAMP  := $(COMPAT_VENV)/.installed
 COMPAT_TORCH  ?= 2.13.0
 COMPAT_MCORE  ?= 0.16.1
 
+# The releases between them (`make test-mcore`): each in a small venv on top of the primary one
+# (its own site-packages hold only that megatron-core; a .pth file adds .venv's packages after
+# it), so no second torch is downloaded.
+MCORE_BETWEEN ?= 0.17.1 0.18.2
+
 # Everything but torch and megatron-core: the suite, the demo's plots, and what
 # megatron.training needs (yaml; psutil for --save) when a Megatron-LM checkout is run.
 EXTRAS := sentencepiece==0.2.3 numpy pytest matplotlib==3.10.7 pyyaml psutil tensorboard
@@ -30,7 +35,7 @@ MEGATRON_LM_EXTRAS := six regex pydantic
 
 DEMO   ?= runs/demo
 
-.PHONY: test test-compat demo bench sweep gpu-check docker-test venv venv-compat clean
+.PHONY: test test-compat test-mcore demo bench sweep gpu-check docker-test venv venv-compat clean
 
 venv: $(STAMP)
 venv-compat: $(COMPAT_STAMP)
@@ -62,6 +67,23 @@ test: $(STAMP)
 # mapping, the entry point's resume, the compat layer) on megatron-core 0.16.1.
 test-compat: $(COMPAT_STAMP)
 	$(COMPAT_PY) -m pytest -q -m compat tests
+
+# The same tests on every megatron-core in MCORE_BETWEEN (Python 3.12). The Megatron-LM fixture
+# tests bring their own megatron.core and already ran under `make test`.
+test-mcore: $(STAMP)
+	@set -e; site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	for v in $(MCORE_BETWEEN); do \
+		venv=.venv-mcore-$$v; \
+		if [ ! -f $$venv/.installed ]; then \
+			rm -rf $$venv; \
+			$(PYTHON) -m venv $$venv; \
+			echo "$$(cd $$site && pwd)" > $$($$venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz_primary_venv.pth; \
+			$$venv/bin/python -m pip install -q --no-deps megatron-core==$$v; \
+			touch $$venv/.installed; \
+		fi; \
+		$$venv/bin/python -c 'import megatron.core as m, sys; print("megatron-core", m.__version__, "from", m.__file__); sys.exit(m.__version__.split("+")[0] != sys.argv[1])' $$v; \
+		$$venv/bin/python -m pytest -q -m compat --ignore=tests/test_megatron_lm.py tests; \
+	done
 
 # The CPU demo: a small real-text corpus (cached in data/), a tiny GPT trained with linupper on 2
 # processes (data parallel), then the per-domain summary and $(DEMO)/run.png. Starts afresh.
@@ -103,4 +125,4 @@ docker-test: $(STAMP)
 	PYTHON=$(PY) bash scripts/docker_test.sh
 
 clean:
-	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) .venv-mcore-* .pytest_cache
