@@ -35,7 +35,8 @@ from megatron_rw.ess import temperature_for_ess
 from megatron_rw.nonfinite import check_finite_loss
 from megatron_rw.schedule import temperature_at
 from megatron_rw.stats import weight_statistics
-from megatron_rw.telemetry import SampleTelemetry, domain_report, domain_shares
+from megatron_rw.telemetry import (  # noqa: F401  (the preview keys are re-exported)
+    PREVIEW_WEIGHT, PREVIEW_WEIGHT_SHARE, SampleTelemetry)
 from megatron_rw.units import per_token, unit_sums
 from megatron_rw.weights import normalise_for, sample_scores, softmax_weights
 
@@ -55,8 +56,6 @@ STAT_KEYS = {
 }
 TEMPERATURE = "reweight r"
 PREVIEW_ESS = "preview weight ess"
-PREVIEW_WEIGHT = "preview weight/{}"
-PREVIEW_WEIGHT_SHARE = "preview weight share/{}"
 
 
 def _weights(config: ReweightConfig, strategy: str, global_losses: torch.Tensor,
@@ -188,15 +187,9 @@ def reweighted_loss_func(
             preview, _ = _weights(config, config.preview, global_losses, iteration)
             report[PREVIEW_ESS] = torch.stack(
                 [weight_statistics(preview, global_losses)["ess"].float(), one])
-            if telemetry is not None and telemetry.domain_ids is not None:
-                mine = preview.narrow(0, offset, b * k)
-                report.update(
-                    domain_shares(mine, valid, telemetry.domain_ids, telemetry.domain_names,
-                                  weight_key=PREVIEW_WEIGHT_SHARE, share_key=None)
-                    if telemetry.shares else
-                    domain_report(mine, per_unit, valid, telemetry.domain_ids,
-                                  telemetry.domain_names, weight_key=PREVIEW_WEIGHT,
-                                  loss_key=None))
+            if telemetry is not None:
+                report.update(telemetry.per_domain(preview.narrow(0, offset, b * k), per_unit,
+                                                   valid, preview=True))
 
     if contract == "mean":
         # Legacy contract: mean over the whole sequences' tokens (summed over CP, as Megatron-LM's
@@ -222,11 +215,7 @@ def checked_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, *,
 def _telemetry(telemetry: SampleTelemetry, report: dict, per_sample, weights, valid,
                global_losses, offset: int, config: ReweightConfig) -> None:
     """Add the per-domain pairs to ``report`` and hand this rank's rows to the sink."""
-    if telemetry.domain_ids is not None and telemetry.shares:
-        report.update(domain_shares(weights, valid, telemetry.domain_ids, telemetry.domain_names))
-    elif telemetry.domain_ids is not None:
-        report.update(domain_report(weights, per_sample, valid, telemetry.domain_ids,
-                                    telemetry.domain_names))
+    report.update(telemetry.per_domain(weights, per_sample, valid))
     if telemetry.sink is not None:
         # The same normalisation the weights used, over the whole global micro-batch.
         x = normalise_for(config.strategy, global_losses, torch.isfinite(global_losses),

@@ -26,6 +26,8 @@ DOMAIN_WEIGHT = "sample weight/{}"
 DOMAIN_LOSS = "sample loss/{}"
 DOMAIN_SHARE = "sample share/{}"
 DOMAIN_WEIGHT_SHARE = "sample weight share/{}"
+PREVIEW_WEIGHT = "preview weight/{}"
+PREVIEW_WEIGHT_SHARE = "preview weight share/{}"
 
 SampleSink = Callable[[Dict[str, torch.Tensor]], None]
 
@@ -53,6 +55,20 @@ class SampleTelemetry:
     domain_names: Sequence[str] = ()
     sink: Optional[SampleSink] = None
     shares: bool = False
+
+    def per_domain(self, weights: torch.Tensor, losses: torch.Tensor, valid: torch.Tensor,
+                   preview: bool = False) -> Dict[str, torch.Tensor]:
+        """The per-domain pairs of ``weights`` ``[b]`` (this rank's units): means or shares as
+        configured; ``preview`` names them as a preview's (weights only). {} without ids."""
+        if self.domain_ids is None:
+            return {}
+        if self.shares:
+            weight_key = PREVIEW_WEIGHT_SHARE if preview else DOMAIN_WEIGHT_SHARE
+            return domain_shares(weights, valid, self.domain_ids, self.domain_names,
+                                 weight_key=weight_key, share_key=None if preview else DOMAIN_SHARE)
+        return domain_report(weights, losses, valid, self.domain_ids, self.domain_names,
+                             weight_key=PREVIEW_WEIGHT if preview else DOMAIN_WEIGHT,
+                             loss_key=None if preview else DOMAIN_LOSS)
 
 
 def _membership(domain_ids: torch.Tensor, valid: torch.Tensor, groups: int) -> torch.Tensor:
