@@ -2,7 +2,7 @@ r"""Issue 11's evaluation: every new reweighting feature against uniform, resuma
 
     python -m benchmarks.rw_eval --list                # plan, status, estimated hours per group
     nice -n 10 python -m benchmarks.rw_eval --commit   # run what is left; commit results as it goes
-    python -m benchmarks.rw_eval_report                # only regenerate results/rw_eval*.{json,png}
+    python -m benchmarks.rw_eval_report                # only regenerate results/rw_eval*.{json,md,png}
 
 A session that leaves it running (results land on the branch checked out where it runs):
 
@@ -51,7 +51,8 @@ tracker is at its last iteration is done; an interrupted one continues from its 
 (``--save-interval`` 100), bit for bit. Each run directory keeps ``run.json`` with its flags; a
 run whose recorded flags differ from the plan's is refused (rename or delete its directory).
 With ``--commit``, after each finished run the report is regenerated and only
-``results/rw_eval.json`` and ``results/rw_eval_*.png`` are committed (``git commit -- paths``).
+``results/rw_eval.json``, ``results/rw_eval.md`` (its tables) and ``results/rw_eval_*.png`` are
+committed (``git commit -- paths``).
 ``--max-runs N`` stops after N runs (to fit a session). Timing estimates come from
 ``results/rw_eval_timing.json`` (``python -m benchmarks.rw_eval_timing``).
 """

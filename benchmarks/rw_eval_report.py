@@ -16,7 +16,8 @@ loss, mean weight and weight mass per training domain). Added here:
 - ``ranking``: the seq-128 variants other than uniform and robust by their mean (over clean and
   noisy) median valid/all difference to uniform: the candidates for the ``best`` flags.
 
-Writes ``rw_eval.json`` and, unless ``--no-plots``, ``rw_eval_diffs.png``, ``rw_eval_noise.png``
+Writes ``rw_eval.json``, its tables as Markdown in ``rw_eval.md`` (``benchmarks.rw_eval_table``)
+and, unless ``--no-plots``, ``rw_eval_diffs.png``, ``rw_eval_noise.png``
 and ``rw_eval_scale.png`` (``benchmarks.rw_eval_plots``).
 """
 
@@ -30,7 +31,7 @@ import sys
 from typing import Dict, List, Optional
 
 from benchmarks import gpt_sweep_report as rep
-from benchmarks import rw_eval
+from benchmarks import rw_eval, rw_eval_table
 from benchmarks.rw_eval_runs import ARCHIVE
 
 ESS_KEY = "train/sample weight ess"
@@ -216,7 +217,9 @@ def main(argv=None) -> int:
     if not a.quiet:
         rep.print_summary(report, width=28, last="each group's last", source="rw_eval.json")
         print_extra(report)
-    written = ["rw_eval.json"]
+    with open(os.path.join(a.out, "rw_eval.md"), "w", encoding="utf-8") as f:
+        f.write(rw_eval_table.markdown(report))
+    written = ["rw_eval.json", "rw_eval.md"]
     if not a.no_plots:
         from benchmarks import rw_eval_plots  # matplotlib only when plotting
         written += rw_eval_plots.plot_all(report, a.out)

@@ -205,6 +205,7 @@ def test_report_main_and_plots(runs_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "noisy-linupper-r1" in printed and "scale point" in printed
     assert json.loads((out / "rw_eval.json").read_text())["scale"]["scale-linupper-r1"]
+    assert "| noisy, seq 128 | `strategy uniform` |" in (out / "rw_eval.md").read_text()
     assert rep.main(["--runs-dir", str(tmp_path / "empty"), "--out", str(out)]) == 1
 
 
@@ -305,3 +306,28 @@ def test_finished_runs_are_archived_and_count_when_the_runs_dir_is_lost(runs_dir
     full = rep.build(str(runs_dir), data)
     rebuilt = rep.build(str(lost), data, archive=str(archive))
     assert rebuilt["variants"] == full["variants"] and rebuilt["runs_used"] == full["runs_used"]
+
+
+def test_markdown_tables_of_the_report(runs_dir, tmp_path):
+    from benchmarks import rw_eval_table
+    manifest = tmp_path / "noisy_data" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text(json.dumps({"data_path": {"train": "0.8 /d/books_train "
+                                                           "0.1 /d/duplicated_train 0.1 /d/random_train"}}))
+    report = rep.build(str(runs_dir), {"clean": str(tmp_path / "none"), "noisy": str(manifest.parent)})
+    md = rw_eval_table.markdown(report)
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    # plan order within a group: uniform first, then linupper r 1.0, then the target ESS
+    assert [r.split(" | ")[1] for r in rows[2:5]] == [
+        "`strategy uniform`", "`strategy linupper r 1.0`", "`strategy uniform`"]
+    lin = next(r for r in rows if "20.0 %" in r)  # the noisy group's linupper
+    # 3 seeds of -0.1: median [min, max], the verdict, and random / duplicated weight shares
+    assert "| 3 | 4.9200 [4.9000, 4.9400] | −0.1000 [−0.1000, −0.1000] | lower | 0.900 |" in lin
+    assert lin.endswith("| 20.0 % / 5.0 % |")
+    # per domain: code is beyond its seed spread (higher), books is not
+    dom = next(r for r in rows if r.startswith("| linupper-r1 | +0.010 |"))
+    assert dom.split(" | ")[2] == "+0.050*"
+    # scale point: per seed beside tiny on the same seeds, and the change of the gap with size
+    scale = next(r for r in rows if r.startswith("| `strategy linupper r 1.0` | 1234:"))
+    assert scale == ("| `strategy linupper r 1.0` | 1234: −0.0500, 2345: −0.0400 | "
+                     "1234: −0.1000, 2345: −0.1000 | +0.0550 |")
