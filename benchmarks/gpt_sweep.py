@@ -39,7 +39,8 @@ COMMON = ["--train-iters", str(ITERS), "--lr-warmup-iters", "30", "--eval-interv
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One run of this sweep. ``run_one`` needs only ``name``, ``corpus``, ``config``, ``iters``
-    and ``flags()``, so other harnesses (``benchmarks.rw_eval``) pass their own run types."""
+    and ``flags()`` (and ``procs``, 2 if absent), so other harnesses (``benchmarks.rw_eval``)
+    pass their own run types."""
 
     group: str      # "clean" or "noisy" (corpus)
     strategy: str
@@ -110,7 +111,7 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
     # A free rendezvous port unless one is set: the launcher's default (6000) is often taken by
     # another job on a shared machine, and the run would die with EADDRINUSE.
     env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
-               GPUS_PER_NODE="2", MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+               GPUS_PER_NODE=str(getattr(run, "procs", 2)), MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "a") as log:
         proc = subprocess.Popen(["bash", LAUNCHER, *run.flags()], env=env, stdout=subprocess.PIPE,
