@@ -35,7 +35,7 @@ MEGATRON_LM_EXTRAS := six regex pydantic
 
 DEMO   ?= runs/demo
 
-.PHONY: test test-compat test-mcore demo bench sweep gpu-check docker-test venv venv-compat clean
+.PHONY: test test-compat test-mcore demo bench sweep rw-eval gpu-check docker-test venv venv-compat clean
 
 venv: $(STAMP)
 venv-compat: $(COMPAT_STAMP)
@@ -95,8 +95,9 @@ demo: $(STAMP)
 		bash examples/pretrain_gpt_rw.sh --log-sample-weights 2>&1 | tee $(DEMO)/train.log
 	$(PY) examples/plot_run.py $(DEMO)
 
-# Every number in docs/results.md. `bench`: about 15 minutes on 2 cores. `sweep`: about 70 minutes,
-# resumable (finished runs are skipped, an interrupted one continues from its checkpoint).
+# Every number in docs/results.md sections 1-4 (section 5: `rw-eval` below). `bench`: about 15
+# minutes on 2 cores. `sweep`: about 70 minutes, resumable (finished runs are skipped, an
+# interrupted one continues from its checkpoint).
 bench: $(STAMP)
 	$(PY) -m benchmarks.layout_equivalence
 	$(PY) -m benchmarks.toy_regression
@@ -109,6 +110,20 @@ sweep: $(STAMP)
 	$(PY) -m benchmarks.noisy_corpus --base data/small --out data/small_noisy
 	$(PY) -m benchmarks.gpt_sweep
 	$(PY) -m benchmarks.gpt_sweep_report
+
+# Section 5 of docs/results.md (issue 11: robust, target ESS, documents as units, preview). The
+# evaluation (rw_eval) is 51 runs, about 6 to 7 hours on 2 cores, resumable like the sweep.
+rw-eval: $(STAMP)
+	$(PY) -m megatron_rw.data.prepare --profile small --out data/small
+	$(PY) -m benchmarks.noisy_corpus --base data/small --out data/small_noisy
+	$(PY) -m benchmarks.loss_distribution_run --png results/loss_distribution.png
+	$(PY) -m benchmarks.loss_distribution_run --strategy robust --r 0.4 --out results/loss_distribution_robust.json
+	$(PY) -m benchmarks.loss_distribution_run --strategy linupper --r 0.4 --out results/loss_distribution_linupper.json
+	$(PY) -m benchmarks.docs_per_row
+	$(PY) -m benchmarks.unit_costs
+	$(PY) -m benchmarks.rw_eval
+	$(PY) -m benchmarks.rw_eval_report
+	$(PY) -m benchmarks.preview_check
 
 # One-shot GPU check (docs/gpu_check.md): the GPU tests, the hook's step-time ratio at GPT-2-small
 # scale in bf16, and a short uniform-vs-linupper run on data/small; writes results/gpu_check.json
