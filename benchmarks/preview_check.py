@@ -30,7 +30,7 @@ import sys
 from typing import Dict, List
 
 from benchmarks import gpt_sweep, rw_eval
-from benchmarks.gpt_sweep_report import blend_shares
+from benchmarks.gpt_sweep_report import BURN_IN, blend_shares
 from benchmarks.rw_eval_runs import ARCHIVE
 
 BASE = "noisy-uniform-s1234"
@@ -137,14 +137,12 @@ def main(argv=None) -> int:
         return 1
     run = preview_run()
     out_dir = os.path.join(a.runs_dir, run.name)
-    done = os.path.exists(os.path.join(out_dir, "metrics.jsonl")) and \
-        max(read_rows(out_dir)) == run.iters
-    if not done:
+    if not gpt_sweep.finished(out_dir, run.iters):
         print(f"preview_check: training {run.name} ({' '.join(run.flags())})", flush=True)
         seconds = gpt_sweep.run_one(run, a.runs_dir, {"noisy": a.noisy_data}, sys.executable)
         print(f"preview_check: trained in {seconds / 60:.1f} min", flush=True)
     preview, base = read_rows(out_dir), read_rows(base_dir)
-    burn_in = rw_eval._flag(run.flags(), "--sample-reweight-warmup-iters", 0)
+    burn_in = BURN_IN  # the noisy group's (gpt_sweep.COMMON)
     shares = blend_shares(os.path.join(a.noisy_data, "manifest.json"))
     report = {
         "run": run.name, "flags": run.flags(), "base": BASE, "real": REAL,
