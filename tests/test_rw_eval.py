@@ -160,12 +160,17 @@ def runs_dir(tmp_path):
     return tmp_path
 
 
-def test_report_on_synthetic_runs(runs_dir, tmp_path):
+@pytest.fixture
+def report(runs_dir, tmp_path):
+    """The report of the synthetic runs, the noisy corpus's blend: 80 % books, 10 % each noise."""
     manifest = tmp_path / "noisy_data" / "manifest.json"
     manifest.parent.mkdir()
     manifest.write_text(json.dumps({"data_path": {"train": "0.8 /d/books_train "
                                                            "0.1 /d/duplicated_train 0.1 /d/random_train"}}))
-    report = rep.build(str(runs_dir), {"clean": str(tmp_path / "none"), "noisy": str(manifest.parent)})
+    return rep.build(str(runs_dir), {"clean": str(tmp_path / "none"), "noisy": str(manifest.parent)})
+
+
+def test_report_on_synthetic_runs(report):
     assert report["unfinished"] == ["clean-ess0.7-s1234"]
     assert "clean-ess0.7-s1234" not in report["runs_used"]
     assert "noisy-robust-r1-s1234" in report["missing"]
@@ -308,13 +313,8 @@ def test_finished_runs_are_archived_and_count_when_the_runs_dir_is_lost(runs_dir
     assert rebuilt["variants"] == full["variants"] and rebuilt["runs_used"] == full["runs_used"]
 
 
-def test_markdown_tables_of_the_report(runs_dir, tmp_path):
+def test_markdown_tables_of_the_report(report):
     from benchmarks import rw_eval_table
-    manifest = tmp_path / "noisy_data" / "manifest.json"
-    manifest.parent.mkdir()
-    manifest.write_text(json.dumps({"data_path": {"train": "0.8 /d/books_train "
-                                                           "0.1 /d/duplicated_train 0.1 /d/random_train"}}))
-    report = rep.build(str(runs_dir), {"clean": str(tmp_path / "none"), "noisy": str(manifest.parent)})
     md = rw_eval_table.markdown(report)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     # plan order within a group: uniform first, then linupper r 1.0, then the target ESS
