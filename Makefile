@@ -121,6 +121,7 @@ rw-eval: $(STAMP)
 	$(PY) -m benchmarks.loss_distribution_run --strategy linupper --r 0.4 --out results/loss_distribution_linupper.json
 	$(PY) -m benchmarks.docs_per_row
 	$(PY) -m benchmarks.unit_costs
+	$(PY) -m benchmarks.weights_variants_cost
 	$(PY) -m benchmarks.rw_eval
 	$(PY) -m benchmarks.rw_eval_report
 	$(PY) -m benchmarks.preview_check
