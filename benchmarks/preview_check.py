@@ -13,8 +13,8 @@ the noisy corpus, 400 iterations, DP 2) with ``--sample-reweight-preview robust
   not equal bit for bit (as JSON keeps them: the shortest repr of a double, so exact);
 - **what the preview predicts**: its mean ``preview weight/<domain>`` after burn-in against the
   mean weight per domain that ``noisy-robust-r1`` (the same flags, training with them) really
-  gave, per seed from ``results/rw_eval.json``, and the share of the total weight of the
-  duplicated and random documents (mean weight × blend share).
+  gave, per finished seed of the evaluation, and the share of the total weight of the
+  duplicated and random documents (mean weight × blend share); drawn in ``preview_check.png``.
 
 The run resumes from its checkpoint if interrupted, and is not redone once finished.
 """
@@ -121,6 +121,31 @@ def compare(preview: Dict[str, float], real: Dict[str, Dict[str, float]],
     return out
 
 
+def plot(report: dict, path: str) -> None:
+    """Per domain: the preview's mean weight beside each seed of the real run's."""
+    from benchmarks.gpt_sweep_plots import _plt  # matplotlib only when plotting
+    plt = _plt()
+    doms = list(report["weights"])
+    seeds = sorted({s for c in report["weights"].values() for s in c["real_per_seed"]})
+    bars = {"preview (uniform run, seed 1234)": [report["weights"][d]["preview"] for d in doms],
+            **{f"{REAL}, seed {s}": [report["weights"][d]["real_per_seed"].get(s, 0.0)
+                                     for d in doms] for s in seeds}}
+    fig, a = plt.subplots(figsize=(10, 4.2))
+    width = 0.8 / len(bars)
+    for k, (name, values) in enumerate(bars.items()):
+        a.bar([i + (k - (len(bars) - 1) / 2) * width for i in range(len(doms))], values, width,
+              label=name, color="black" if k == 0 else None)
+    a.axhline(1.0, color="grey", lw=0.8, ls="--")
+    a.set_xticks(range(len(doms)), doms, rotation=20)
+    a.set(ylabel="mean weight after burn-in (1 = uniform)",
+          title="--sample-reweight-preview robust on a uniform run vs robust training with it")
+    a.set_ylim(0, 1.45)  # room for the legend above the bars
+    a.legend(fontsize=8, ncol=len(bars), loc="upper center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs-dir", default="runs/preview_check")
@@ -128,6 +153,7 @@ def main(argv=None) -> int:
                    help="where rw_eval's runs are (the committed archive is read too)")
     p.add_argument("--noisy-data", default="data/small_noisy")
     p.add_argument("--out", default="results")
+    p.add_argument("--no-plot", action="store_true", help="skip preview_check.png")
     a = p.parse_args(argv)
     archive = os.path.join(a.out, ARCHIVE)
     base_dir = os.path.join(archive, BASE)
@@ -168,7 +194,11 @@ def main(argv=None) -> int:
         real = "-" if c["real_median"] is None else f"{c['real_median']:.3f}"
         print(f"{d:14s} {c['preview']:8.3f} {real:>14s}  " + " ".join(
             f"{s}:{w:.3f}" for s, w in c["real_per_seed"].items()))
-    print(f"wrote {os.path.join(a.out, 'preview_check.json')}")
+    written = [os.path.join(a.out, "preview_check.json")]
+    if not a.no_plot:
+        written.append(os.path.join(a.out, "preview_check.png"))
+        plot(report, written[-1])
+    print(f"wrote {', '.join(written)}")
     return 0 if u["values_different"] == 0 else 1
 
 
