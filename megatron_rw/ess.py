@@ -32,13 +32,16 @@ def ess_of_logits(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """ESS fraction of softmax weights, for many temperatures at once.
 
     Args:
-        logits: float32 ``[K, N]``, each row ``(f - max f) / r_k`` (so every entry ``<= 0``).
+        logits: float32 ``[K, N]``, each row ``(f - max f) / r_k`` (so every entry ``<= 0``);
+            finite in every column, invalid ones included (they are zeroed by multiplication).
         valid: bool ``[N]``; invalid columns are ignored.
 
     Returns:
         float32 ``[K]``: ``(Σ e)² / (N_valid Σ e²)`` per row, in ``(0, 1]``.
     """
-    e = torch.where(valid, torch.exp(logits), torch.zeros_like(logits))
+    # Multiplying by the mask, not torch.where: the same values (exp(logits) <= 1 is finite, so
+    # invalid columns become exactly 0), but a broadcast where over [K, N] is slow on a CPU.
+    e = torch.exp(logits) * valid.to(logits.dtype)
     s1 = e.sum(dim=1)
     s2 = (e * e).sum(dim=1)
     n = valid.sum().float().clamp(min=1.0)
