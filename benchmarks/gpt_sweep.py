@@ -111,7 +111,8 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
     # A free rendezvous port unless one is set: the launcher's default (6000) is often taken by
     # another job on a shared machine, and the run would die with EADDRINUSE.
     env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
-               GPUS_PER_NODE=str(getattr(run, "procs", 2)), MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+               GPUS_PER_NODE=str(getattr(run, "procs", 2)),
+               MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "a") as log:
         proc = subprocess.Popen(["bash", LAUNCHER, *run.flags()], env=env, stdout=subprocess.PIPE,

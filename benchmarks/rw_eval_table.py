@@ -44,7 +44,8 @@ def _spread(e: dict, spec: str) -> str:
 
 
 def _flags(flags: List[str]) -> str:
-    """``--sample-reweight-strategy robust --sample-reweight-r 1.0`` -> ``strategy robust r 1.0``."""
+    """``--sample-reweight-strategy robust --sample-reweight-r 1.0`` -> ``strategy robust r 1.0``
+    (in a code span)."""
     return "`" + " ".join(f.replace(FLAG_PREFIX, "") for f in flags) + "`"
 
 
@@ -81,10 +82,11 @@ def variants_table(report: dict) -> str:
 
 def domains_table(report: dict) -> str:
     out = []
+    variants = report["variants"]
     order = _in_plan_order(report)
-    for group in dict.fromkeys(report["variants"][v]["group"] for v in order):
-        rows = {v: report["variants"][v] for v in order
-                if report["variants"][v]["group"] == group and "vs_uniform" in report["variants"][v]}
+    for group in dict.fromkeys(variants[v]["group"] for v in order):
+        rows = {v: variants[v] for v in order
+                if variants[v]["group"] == group and "vs_uniform" in variants[v]}
         if not rows:
             continue
         keys = [k for k in next(iter(rows.values()))["vs_uniform"] if k != "all"]

@@ -8,7 +8,8 @@ of one global micro-batch computed four ways:
 
 - ``linupper``: ``compute_sample_weights(losses, "linupper", r)`` (min-max normalisation);
 - ``robust``: the same with ``robust`` (quartiles of the valid losses: a sort);
-- ``linupper+ess``: ``sample_scores`` + ``ess.temperature_for_ess(target 0.9)`` + ``softmax_weights``
+- ``linupper+ess``: ``sample_scores`` + ``ess.temperature_for_ess(target 0.9)`` +
+  ``softmax_weights``
   (3 rounds of 32 candidate temperatures, each an ``[32, N]`` softmax);
 - ``robust+ess``: both.
 
