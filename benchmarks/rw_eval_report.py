@@ -13,6 +13,8 @@ loss, mean weight and weight mass per training domain). Added here:
   (their weight mass) next to their share of the rows (the blend share; uniform gets exactly that);
 - ``scale``: for each scale-group variant, its paired difference to uniform at small_cpu beside
   the clean group's tiny_cpu variant with the same flags, on the same seeds;
+- ``units``: document units minus sample units (linupper r 1.0 at sequence length 1024), paired
+  by seed: the feature's own effect, beside both variants' differences to uniform;
 - ``ranking``: the seq-128 variants other than uniform and robust by their mean (over clean and
   noisy) median valid/all difference to uniform: the candidates for the ``best`` flags.
 
@@ -50,6 +52,8 @@ DEFINITIONS = {**rep.DEFINITIONS,
                               "dataset's, so this stays the share of the rows)",
                "scale": "difference to uniform (paired by seed) at small_cpu vs the clean group's "
                         "tiny_cpu variant with the same variant flags, on the scale group's seeds",
+               "units": "noisy1024: linupper r 1.0 with document units minus the same with "
+                        "sample units (rows), paired by seed, per validation loss",
                "ranking": "variants of clean and noisy except uniform and robust*, by the mean over "
                           "both groups of the median valid/all difference to uniform (lowest "
                           "first); only variants finished in both groups"}
@@ -94,6 +98,23 @@ def scale_point(variants: Dict[str, dict], flags: Dict[str, list]) -> Dict[str, 
                              "median_all_seeds": statistics.median(t.values())}
         out[v] = entry
     return out
+
+
+def units(variants: Dict[str, dict], group: str = "noisy1024",
+          rows: str = "linupper-r1", documents: str = "linupper-r1-doc") -> Optional[dict]:
+    """Document units against sample units with everything else equal: the paired difference
+    (same seed) of every validation loss, documents minus rows. None until a seed has both."""
+    a, b = variants.get(f"{group}-{documents}"), variants.get(f"{group}-{rows}")
+    if not a or not b:
+        return None
+    out = {}
+    for k, fa in a["final"].items():
+        fb = b["final"][k]["per_seed"]
+        diffs = {sd: x - fb[sd] for sd, x in fa["per_seed"].items() if sd in fb}
+        if diffs:
+            out[k] = {"per_seed": diffs, "median": statistics.median(diffs.values()),
+                      "min": min(diffs.values()), "max": max(diffs.values()), "n": len(diffs)}
+    return out or None
 
 
 def ranking(variants: Dict[str, dict], groups=("clean", "noisy")) -> List[dict]:
@@ -162,6 +183,7 @@ def build(runs_dir: str, data: Dict[str, str], archive: Optional[str] = None) ->
         "variants": variants,
         "noise": noise,
         "scale": scale_point(variants, flags),
+        "units": units(variants),
         "ranking": ranking(variants),
     }
 

@@ -3,13 +3,14 @@
     python -m benchmarks.rw_eval_table [results/rw_eval.json]   # print them
 
 ``benchmarks.rw_eval_report`` writes the same text to ``results/rw_eval.md`` after every finished
-run, so the committed tables always match the committed JSON. Three tables:
+run, so the committed tables always match the committed JSON. The tables:
 
 - per variant: validation loss (all domains) at the group's last iteration, median [min, max]
   over seeds; its paired difference to uniform, same form; the verdict; the weights' ESS and, on
   the noisy corpus, the random-token / duplicated documents' share of the total weight;
 - per domain: each domain's median paired difference, ``*`` where its own verdict is lower or
   higher (beyond uniform's seed spread for that domain);
+- documents as units minus rows (the same linupper run with sample units), paired by seed;
 - the scale point: small_cpu's difference to uniform per seed beside tiny_cpu's (the clean group,
   same flags, same seeds).
 """
@@ -118,6 +119,19 @@ def scale_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def units_table(report: dict) -> str:
+    """Documents minus rows per validation loss: median [min, max] over seeds, and per seed."""
+    u = report.get("units")
+    if not u:
+        return "No seed has both the document and the row run yet."
+    lines = [_row(["validation loss", "seeds", "documents − rows", "per seed"]),
+             _row(["---"] * 4)]
+    for k, e in u.items():
+        lines.append(_row([k, str(e["n"]), _spread(e, "+.4f"), ", ".join(
+            f"{sd}: {_num(x, '+.4f')}" for sd, x in e["per_seed"].items())]))
+    return "\n".join(lines)
+
+
 def markdown(report: dict) -> str:
     """All three tables with the counts of runs behind them, as one Markdown text."""
     d = report["definitions"]
@@ -143,6 +157,10 @@ def markdown(report: dict) -> str:
         "## Per domain (median difference to uniform; * = beyond that domain's seed spread)",
         "",
         domains_table(report),
+        "",
+        "## Documents as units against rows (noisy, seq 1024, linupper r 1.0, same seed)",
+        "",
+        units_table(report),
         "",
         "## Scale point",
         "",

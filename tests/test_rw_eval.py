@@ -331,3 +331,20 @@ def test_markdown_tables_of_the_report(report):
     scale = next(r for r in rows if r.startswith("| `strategy linupper r 1.0` | 1234:"))
     assert scale == ("| `strategy linupper r 1.0` | 1234: −0.0500, 2345: −0.0400 | "
                      "1234: −0.1000, 2345: −0.1000 | +0.0550 |")
+
+
+def test_units_pairs_documents_with_rows_by_seed():
+    from benchmarks import rw_eval_table
+
+    def variant(per_seed):
+        return {"final": {"all": {"per_seed": per_seed}, "qa": {"per_seed": per_seed}}}
+    variants = {"noisy1024-linupper-r1": variant({"1234": 5.60, "2345": 5.64}),
+                "noisy1024-linupper-r1-doc": variant({"1234": 5.57, "2345": 5.63, "3456": 9.0})}
+    u = rep.units(variants)
+    assert u["all"]["n"] == 2  # seed 3456 has no row run to pair with: left out
+    assert u["all"]["per_seed"] == pytest.approx({"1234": -0.03, "2345": -0.01})
+    assert (u["all"]["median"], u["all"]["min"], u["all"]["max"]) == pytest.approx(
+        (-0.02, -0.03, -0.01))
+    assert rep.units({"noisy1024-linupper-r1": variants["noisy1024-linupper-r1"]}) is None
+    table = rw_eval_table.units_table({"units": u})
+    assert "| all | 2 | −0.0200 [−0.0300, −0.0100] | 1234: −0.0300, 2345: −0.0100 |" in table
