@@ -53,7 +53,8 @@ DEFINITIONS = {**rep.DEFINITIONS,
                "scale": "difference to uniform (paired by seed) at small_cpu vs the clean group's "
                         "tiny_cpu variant with the same variant flags, on the scale group's seeds",
                "units": "noisy1024: linupper r 1.0 with document units minus the same with "
-                        "sample units (rows), paired by seed, per validation loss",
+                        "sample units (rows), paired by seed, per validation loss; verdict by "
+                        "the same rule with the rows' values over those seeds as the noise",
                "ranking": "variants of clean and noisy except uniform and robust*, by the mean over "
                           "both groups of the median valid/all difference to uniform (lowest "
                           "first); only variants finished in both groups"}
@@ -103,7 +104,9 @@ def scale_point(variants: Dict[str, dict], flags: Dict[str, list]) -> Dict[str, 
 def units(variants: Dict[str, dict], group: str = "noisy1024",
           rows: str = "linupper-r1", documents: str = "linupper-r1-doc") -> Optional[dict]:
     """Document units against sample units with everything else equal: the paired difference
-    (same seed) of every validation loss, documents minus rows. None until a seed has both."""
+    (same seed) of every validation loss, documents minus rows, with the verdict rule's answer
+    taking the rows' values over seeds as the noise (rows are this comparison's baseline). None
+    until a seed has both."""
     a, b = variants.get(f"{group}-{documents}"), variants.get(f"{group}-{rows}")
     if not a or not b:
         return None
@@ -113,7 +116,9 @@ def units(variants: Dict[str, dict], group: str = "noisy1024",
         diffs = {sd: x - fb[sd] for sd, x in fa["per_seed"].items() if sd in fb}
         if diffs:
             out[k] = {"per_seed": diffs, "median": statistics.median(diffs.values()),
-                      "min": min(diffs.values()), "max": max(diffs.values()), "n": len(diffs)}
+                      "min": min(diffs.values()), "max": max(diffs.values()), "n": len(diffs),
+                      "verdict": rep.verdict(list(diffs.values()),
+                                             [fb[sd] for sd in diffs])}
     return out or None
 
 

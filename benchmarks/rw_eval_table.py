@@ -120,14 +120,14 @@ def scale_table(report: dict) -> str:
 
 
 def units_table(report: dict) -> str:
-    """Documents minus rows per validation loss: median [min, max] over seeds, and per seed."""
+    """Documents minus rows per validation loss: median [min, max] over seeds, verdict, per seed."""
     u = report.get("units")
     if not u:
         return "No seed has both the document and the row run yet."
-    lines = [_row(["validation loss", "seeds", "documents − rows", "per seed"]),
-             _row(["---"] * 4)]
+    lines = [_row(["validation loss", "seeds", "documents − rows", "verdict", "per seed"]),
+             _row(["---"] * 5)]
     for k, e in u.items():
-        lines.append(_row([k, str(e["n"]), _spread(e, "+.4f"), ", ".join(
+        lines.append(_row([k, str(e["n"]), _spread(e, "+.4f"), e["verdict"], ", ".join(
             f"{sd}: {_num(x, '+.4f')}" for sd, x in e["per_seed"].items())]))
     return "\n".join(lines)
 
@@ -161,6 +161,8 @@ def markdown(report: dict) -> str:
         "## Documents as units against rows (noisy, seq 1024, linupper r 1.0, same seed)",
         "",
         units_table(report),
+        "",
+        "Verdict as above, with the row run's values over the same seeds as the noise.",
         "",
         "## Scale point",
         "",

@@ -346,5 +346,15 @@ def test_units_pairs_documents_with_rows_by_seed():
     assert (u["all"]["median"], u["all"]["min"], u["all"]["max"]) == pytest.approx(
         (-0.02, -0.03, -0.01))
     assert rep.units({"noisy1024-linupper-r1": variants["noisy1024-linupper-r1"]}) is None
+    assert u["all"]["verdict"] == "too few seeds"
     table = rw_eval_table.units_table({"units": u})
-    assert "| all | 2 | −0.0200 [−0.0300, −0.0100] | 1234: −0.0300, 2345: −0.0100 |" in table
+    assert ("| all | 2 | −0.0200 [−0.0300, −0.0100] | too few seeds | "
+            "1234: −0.0300, 2345: −0.0100 |") in table
+
+    # three seeds, all below the rows: 'lower' only while the median beats the rows' own spread
+    rows = {"1234": 5.60, "2345": 5.64, "3456": 5.62}
+    for docs, expected in (({"1234": 5.55, "2345": 5.58, "3456": 5.57}, "lower"),
+                           ({"1234": 5.59, "2345": 5.63, "3456": 5.61}, "within seed noise")):
+        u = rep.units({"noisy1024-linupper-r1": variant(rows),
+                       "noisy1024-linupper-r1-doc": variant(docs)})
+        assert u["all"]["verdict"] == expected
