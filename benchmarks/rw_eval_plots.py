@@ -5,7 +5,9 @@
 - ``rw_eval_noise.png``: share of the total weight that duplicated and random documents get per
   variant, against their share of the rows (what uniform gives them);
 - ``rw_eval_scale.png``: the scale point: each variant's difference to uniform at tiny_cpu and
-  small_cpu, one line per seed.
+  small_cpu, one line per seed;
+- ``rw_eval_units.png``: document units minus rows (the same run otherwise, same seed) per
+  validation loss, one marker per seed and the median.
 """
 
 from __future__ import annotations
@@ -77,11 +79,38 @@ def plot_scale(report: dict, path: str) -> None:
     plt.close(fig)
 
 
+def plot_units(report: dict, path: str) -> None:
+    """Documents minus rows per validation loss: each seed's paired difference and the median."""
+    units = report.get("units")
+    if not units:
+        return _empty(path, "no seed with both the document and the row run yet")
+    plt = _plt()
+    names = list(units)
+    fig, a = plt.subplots(figsize=(1.1 * len(names) + 2, 4.5))
+    seeds = sorted({sd for e in units.values() for sd in e["per_seed"]})
+    for j, sd in enumerate(seeds):
+        xs = [i + 0.12 * (j - (len(seeds) - 1) / 2) for i, k in enumerate(names)
+              if sd in units[k]["per_seed"]]
+        a.plot(xs, [units[k]["per_seed"][sd] for k in names if sd in units[k]["per_seed"]],
+               ls="none", marker="o", label=f"seed {sd}")
+    a.hlines([units[k]["median"] for k in names], [i - 0.3 for i in range(len(names))],
+             [i + 0.3 for i in range(len(names))], color="black", label="median")
+    a.axhline(0, color="grey", lw=0.8)
+    a.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+    a.set(title="document units minus rows (noisy, seq 1024, linupper r 1.0, same seed)\n"
+                "below 0 = documents as units ended lower", ylabel="validation loss difference")
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_all(report: dict, out_dir: str) -> List[str]:
-    """Write the three PNGs; returns their file names."""
+    """Write the four PNGs; returns their file names."""
     groups = [g.name for g in rw_eval.GROUPS]
     names = {"rw_eval_diffs.png": lambda r, p: gpt_sweep_plots.plot_domains(r, p, groups),
-             "rw_eval_noise.png": plot_noise, "rw_eval_scale.png": plot_scale}
+             "rw_eval_noise.png": plot_noise, "rw_eval_scale.png": plot_scale,
+             "rw_eval_units.png": plot_units}
     for name, fn in names.items():
         fn(report, os.path.join(out_dir, name))
     return list(names)

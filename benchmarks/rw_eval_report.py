@@ -19,8 +19,8 @@ loss, mean weight and weight mass per training domain). Added here:
   noisy) median valid/all difference to uniform: the candidates for the ``best`` flags.
 
 Writes ``rw_eval.json``, its tables as Markdown in ``rw_eval.md`` (``benchmarks.rw_eval_table``)
-and, unless ``--no-plots``, ``rw_eval_diffs.png``, ``rw_eval_noise.png``
-and ``rw_eval_scale.png`` (``benchmarks.rw_eval_plots``).
+and, unless ``--no-plots``, ``rw_eval_diffs.png``, ``rw_eval_noise.png``, ``rw_eval_scale.png``
+and ``rw_eval_units.png`` (``benchmarks.rw_eval_plots``).
 """
 
 from __future__ import annotations

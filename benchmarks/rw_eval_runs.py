@@ -20,7 +20,7 @@ from benchmarks import gpt_sweep
 
 REPO = gpt_sweep.REPO
 RESULTS = ("rw_eval.json", "rw_eval.md", "rw_eval_diffs.png", "rw_eval_noise.png",
-           "rw_eval_scale.png")
+           "rw_eval_scale.png", "rw_eval_units.png")
 # Each finished run's run.json and metrics.jsonl (~50 KB), committed with the report: the report
 # can be rebuilt from them and a finished run is not redone if the runs directory (git-ignored,
 # with the checkpoints) is lost between sessions.
