@@ -14,7 +14,8 @@ loss, mean weight and weight mass per training domain). Added here:
 - ``scale``: for each scale-group variant, its paired difference to uniform at small_cpu beside
   the clean group's tiny_cpu variant with the same flags, on the same seeds;
 - ``units``: document units minus sample units (linupper r 1.0 at sequence length 1024), paired
-  by seed: the feature's own effect, beside both variants' differences to uniform;
+  by seed: the feature's own effect, with the verdict rule's answer (the rows' seed spread as
+  the noise);
 - ``ranking``: the seq-128 variants other than uniform and robust by their mean (over clean and
   noisy) median valid/all difference to uniform: the candidates for the ``best`` flags.
 
