@@ -80,6 +80,7 @@ def reweighted_loss_func(
     groups: Optional[ReweightGroups] = None,
     telemetry: Optional[SampleTelemetry] = None,
     units: Optional[torch.Tensor] = None,
+    num_units: Optional[int] = None,
 ) -> Union[
     Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]],
     Tuple[torch.Tensor, Dict[str, torch.Tensor]],
@@ -105,6 +106,11 @@ def reweighted_loss_func(
             (:func:`megatron_rw.units.document_units` of the whole rows, then sliced for context
             parallelism like the labels); required when ``config.unit == "document"``, where
             every (row, slot) is a unit of its own and ``b`` below becomes ``b * max_documents``.
+            With packed sequences (one row per micro-batch) the unit of each token among the
+            micro-batch's ``num_units`` units (:func:`megatron_rw.units.packed_units`), for
+            samples (the original rows) as for documents.
+        num_units: units per row of ``loss_mask`` (default ``config.units_per_row``); a packed
+            micro-batch of ``rows`` original rows is one row of ``rows * config.units_per_row``.
 
     Returns:
         The contract's tuple. ``num_tokens`` (int) counts this rank's tokens of valid samples.
@@ -120,20 +126,20 @@ def reweighted_loss_func(
         raise ValueError(f"contract must be one of {CONTRACTS}, got {contract!r}")
     if groups is None:
         groups = ReweightGroups.from_parallel_state()
-    per_doc = config.unit == "document"
-    if per_doc and units is None:
+    by_unit = units is not None  # documents, or the rows of a packed micro-batch
+    if config.unit == "document" and units is None:
         raise ValueError("sample reweighting with unit 'document' needs each token's document "
                          "slot (units=megatron_rw.units.document_units(labels, eod, "
                          "config.max_documents))")
     b = output_tensor.shape[0]
-    k = config.units_per_row
+    k = config.units_per_row if num_units is None else num_units
     # fp32 whatever the model's dtype; the view mirrors Megatron-LM's flat sums below.
     losses = output_tensor.float().reshape(b, -1)
     mask = loss_mask.float().reshape(b, -1)
 
     with torch.no_grad():
         local_counts = mask.sum(dim=1)
-        if per_doc:
+        if by_unit:
             partial = unit_sums(torch.stack([losses * mask, mask], dim=2), units, k)  # [b*k, 2]
         else:
             partial = torch.stack([(losses * mask).sum(dim=1), local_counts], dim=1)  # [b, 2]
@@ -150,7 +156,7 @@ def reweighted_loss_func(
         global_losses, offset = gather_over_data_parallel(per_unit, groups.data_parallel)
         global_weights, r = _weights(config, config.strategy, global_losses, iteration)
         weights = global_weights.narrow(0, offset, b * k)
-        if per_doc:
+        if by_unit:
             token_valid = per_token(valid, units, k)
             token_weights = (mask * per_token(weights, units, k)).view(-1)
             num_tokens = torch.where(token_valid, mask, torch.zeros_like(mask)).sum()
@@ -176,10 +182,12 @@ def reweighted_loss_func(
             report[STAT_KEYS[name]] = torch.stack([value.float(), one])
         if isinstance(r, torch.Tensor):
             report[TEMPERATURE] = torch.stack([r.float(), one])
-        if telemetry is not None and telemetry.domain_ids is not None and per_doc:
-            # A document belongs to its row's domain.
-            telemetry = dataclasses.replace(
-                telemetry, domain_ids=telemetry.domain_ids.repeat_interleave(k))
+        if (telemetry is not None and telemetry.domain_ids is not None
+                and config.unit == "document"):
+            # A document belongs to its row's domain (domain_ids: one per original row, also
+            # when the micro-batch was packed into one row).
+            telemetry = dataclasses.replace(telemetry, domain_ids=telemetry.domain_ids
+                                            .repeat_interleave(config.units_per_row))
         if telemetry is not None:
             _telemetry(telemetry, report, per_unit, weights, valid, global_losses, offset,
                        config)

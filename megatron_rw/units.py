@@ -73,3 +73,37 @@ def per_token(unit_values: torch.Tensor, units: torch.Tensor, max_units: int) ->
     """
     b = units.shape[0]
     return torch.gather(unit_values.reshape(b, max_units), 1, units.long())
+
+
+def packed_units(cu_seqlens: torch.Tensor, seq_length: int, max_units: int) -> torch.Tensor:
+    """Each token's unit in a micro-batch that Megatron packed into one row.
+
+    With packed sequences (megatron-core >= 0.19: ``--dataloader-inter-document-masking``,
+    ``--sft``) Megatron flattens a micro-batch of ``rows`` rows of ``seq_length`` tokens into one
+    row ``[1, rows * seq_length]`` and keeps the document boundaries in ``cu_seqlens``. The
+    flattened row is never the unit: row ``i`` keeps its ``max_units`` slots ``i * max_units +
+    slot``, the slot being the document (cu_seqlens segment) of the row the token is in
+    (``max_units == 1``: the original rows are the units). Units are then numbered as in an
+    unpacked batch, so the per-unit sums, weights and all-gather size are the unpacked ones.
+
+    Args:
+        cu_seqlens: int ``[rows, n]``, per row the cumulative document lengths as the dataset
+            gives them: starting at 0, ending at ``seq_length``, right-padded with further copies
+            of ``seq_length``.
+        seq_length: tokens per original row.
+        max_units: slots per row (>= 1); documents past the last share it.
+
+    Returns:
+        int64 ``[1, rows * seq_length]`` in ``[0, rows * max_units)``, in the flattened row's
+        token order.
+    """
+    if max_units < 1:
+        raise ValueError(f"max_units must be >= 1, got {max_units}")
+    bounds = cu_seqlens.long()
+    rows = bounds.shape[0]
+    positions = torch.arange(seq_length, device=bounds.device).expand(rows, seq_length)
+    # The segment holding position p is the last boundary <= p; the padding copies of
+    # seq_length lie beyond every position, so they never open a segment.
+    slot = torch.searchsorted(bounds, positions.contiguous(), right=True) - 1
+    first = torch.arange(rows, device=bounds.device)[:, None] * max_units
+    return (first + slot.clamp(min=0, max=max_units - 1)).reshape(1, -1)
