@@ -131,3 +131,25 @@ class ReweightConfig:
     def units_per_row(self) -> int:
         """Weighted units per row: 1 for samples, ``max_documents`` for documents."""
         return self.max_documents if self.unit == "document" else 1
+
+    def check_normalisation_group(self, data_parallel_size: int, micro_batch_size: int) -> None:
+        """Refuse a layout whose weights can never differ from 1.
+
+        The weights are normalised over one global micro-batch: ``data_parallel_size *
+        micro_batch_size`` rows (times ``max_documents`` slots with documents as units). With
+        fewer than 2 units every weight is 1 and a strategy other than ``uniform`` (or a
+        preview) would silently train the baseline.
+
+        Raises:
+            ValueError: naming the flags that give the global micro-batch 2 or more units.
+        """
+        units = data_parallel_size * micro_batch_size * self.units_per_row
+        if units >= 2 or (self.strategy == "uniform" and not self.preview):
+            return
+        raise ValueError(
+            f"--sample-reweight-strategy {self.strategy}: each global micro-batch holds "
+            f"{units} unit (data-parallel size {data_parallel_size} x --micro-batch-size "
+            f"{micro_batch_size}), and weights normalised over one unit are all 1: the run "
+            "would train the baseline. Raise --micro-batch-size, the data-parallel size (more "
+            "ranks, or smaller --tensor-model-parallel-size / --pipeline-model-parallel-size), "
+            "or use --sample-reweight-unit document (each document of a row its own unit).")

@@ -137,7 +137,7 @@ def test_main_block_gets_megatron_arguments_with_reweighting(tmp_path, shape):
     rw.run_main_block(module, {})  # Megatron-LM's own main block, unpatched
     expected = module.CALLS[:]
     module.CALLS.clear()
-    args = argparse.Namespace(curr_iteration=7)
+    args = argparse.Namespace(curr_iteration=7, data_parallel_size=2, micro_batch_size=2)
     script.run(module, lambda: args)
 
     assert [name for name, _ in module.CALLS] == [name for name, _ in expected]
@@ -321,7 +321,8 @@ def test_reweight_config_refuses_missing_flags_and_distillation():
     with pytest.raises(rw.ContractError, match="not in Megatron-LM's parsed args"):
         script.reweight_config(argparse.Namespace(seed=1))
     flags = dataclasses.asdict(ReweightConfig())
-    args = argparse.Namespace(**{f"sample_reweight_{k}": v for k, v in flags.items()})
+    args = argparse.Namespace(**{f"sample_reweight_{k}": v for k, v in flags.items()},
+                              data_parallel_size=1, micro_batch_size=1)
     assert script.reweight_config(args) == ReweightConfig()
     args.modelopt_enabled = True
     with pytest.raises(rw.ContractError, match="ModelOpt"):

@@ -40,6 +40,8 @@ from rw_wrap import (  # noqa: E402
     wrap_forward_step,
 )
 
+from rw_units import check_packing, packing_of  # noqa: E402
+
 from megatron_rw import ReweightConfig, add_sample_reweight_args  # noqa: E402
 
 # Megatron-LM flags under which its loss_func computes something other than masked cross
@@ -52,7 +54,8 @@ UNSUPPORTED = {
 
 def reweight_config(args) -> ReweightConfig:
     """``ReweightConfig`` from Megatron-LM's parsed args; refuses args without our flags (the
-    chaining did not reach the parser) and settings whose loss is not plain cross entropy."""
+    chaining did not reach the parser), settings whose loss is not plain cross entropy, a
+    global micro-batch of fewer than 2 units and packed layouts whose rows cannot be found."""
     if not hasattr(args, "sample_reweight_strategy"):
         raise ContractError(
             "the --sample-reweight-* flags are not in Megatron-LM's parsed args: the "
@@ -61,7 +64,10 @@ def reweight_config(args) -> ReweightConfig:
         if getattr(args, name, None):
             raise ContractError(
                 f"megatron-rw replaces Megatron-LM's loss_func; {what} is not supported")
-    return ReweightConfig.from_args(args)
+    config = ReweightConfig.from_args(args)
+    config.check_normalisation_group(args.data_parallel_size, args.micro_batch_size)
+    check_packing(packing_of(args), args)
+    return config
 
 
 def current_iteration(args) -> int:
@@ -87,6 +93,7 @@ def run(pretrain_gpt, get_args, get_eod=None, get_domains=None) -> None:
         expected_loss_func=pretrain_gpt.loss_func,
         get_eod=get_eod,
         get_domains=get_domains,
+        get_packing=lambda: packing_of(get_args()),
     )
     pretrain = guard_pretrain(pretrain_gpt.pretrain, forward_step, add_sample_reweight_args)
     overrides = {"forward_step": forward_step, "pretrain": pretrain}

@@ -42,7 +42,7 @@ class BatchTap:
     """An iterator that yields what ``source`` yields and keeps the last batch's tensors named in
     ``keys`` (``kept``): what Megatron-LM's ``get_batch`` draws passes through unchanged."""
 
-    def __init__(self, source: Any, keys=("labels", "dataset_id")):
+    def __init__(self, source: Any, keys=("labels", "dataset_id", "cu_seqlens")):
         self.source = source
         self.keys = keys
         self.kept: Dict[str, torch.Tensor] = {}
@@ -137,14 +137,17 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                       expected_loss_func: Optional[Callable] = None,
                       contract: str = "token_sum",
                       get_eod: Optional[Callable[[], int]] = None,
-                      get_domains: Optional[Callable[[], Sequence[str]]] = None) -> Callable:
+                      get_domains: Optional[Callable[[], Sequence[str]]] = None,
+                      get_packing: Optional[Callable[[], Any]] = None) -> Callable:
     """``forward_step`` with its loss partial replaced by the reweighted loss, checked by
     Megatron-LM's own ``loss_func`` (:func:`megatron_checked_loss`).
 
     Args:
         forward_step: Megatron-LM's ``forward_step``; called with whatever the schedule passes
             (``(data_iterator, model)``, plus ``return_schedule_plan=True`` or a checkpointing
-            flag in some versions), so every signature keeps working.
+            flag in some versions), so every signature keeps working. With
+            ``return_schedule_plan=True`` (``--overlap-moe-expert-parallel-comm``) the first
+            element is a schedule plan, passed through; its loss partial is replaced as always.
         get_config: returns the ``ReweightConfig``; called once, on the first step, because
             the flags are parsed only inside ``pretrain``.
         get_iteration: returns the optimizer steps completed before this one (selects r and
@@ -159,6 +162,9 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
             none; called once). With names, a strategy other than ``uniform`` or a preview,
             training steps report per-domain shares of the weights (patches/megatron_lm/
             rw_domains.py); ``loss_func`` then gets ``telemetry=``.
+        get_packing: returns the run's ``rw_units.Packing`` (None: unpacked micro-batches;
+            called once). Packed micro-batches are weighed per original row (or document):
+            ``loss_func`` then gets ``units=`` and ``num_units=`` (rw_units.py).
 
     Returns:
         A function returning ``(output, partial(megatron_checked_loss, loss_mask,
@@ -168,7 +174,8 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
     """
     if loss_func is None:
         from megatron_rw import reweighted_loss_func as loss_func
-    config, domains = [], []  # filled on the first call: the flags are parsed inside pretrain
+    # Filled on the first call: the flags are parsed inside pretrain.
+    config, domains, packing = [], [], []
 
     @functools.wraps(forward_step)
     def reweighted_forward_step(*args, **kwargs):
@@ -176,10 +183,11 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
             config.append(get_config())
             reweights = config[0].strategy != "uniform" or bool(config[0].preview)
             domains.extend(get_domains() if get_domains is not None and reweights else ())
+            packing.append(get_packing() if get_packing is not None else None)
         per_doc = getattr(config[0], "unit", "sample") == "document"
         per_domain = bool(domains) and _training(args, kwargs)
         tap = None
-        if per_doc or per_domain:
+        if per_doc or per_domain or packing[0] is not None:
             args, kwargs, tap = _tap_data_iterator(args, kwargs, BatchTap)
         result = forward_step(*args, **kwargs)
         kept = tap.kept if tap is not None else {}  # what forward_step's get_batch drew
@@ -189,17 +197,23 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         output, megatron_loss = result
         loss_mask = loss_mask_of(megatron_loss, expected_loss_func)
         extra = {}
-        if per_doc and loss_mask is not None:
-            from rw_units import document_slots
-            if get_eod is None:
+        rows = None if loss_mask is None else loss_mask.shape[0]
+        if (per_doc or packing[0] is not None) and loss_mask is not None:
+            from rw_units import unit_ids
+            if per_doc and packing[0] is None and get_eod is None:
                 raise ContractError("documents as units need the tokenizer's end-of-document id")
-            extra["units"] = document_slots(kept.get("labels"), loss_mask, get_eod(),
-                                            config[0].max_documents)
+            per_row = getattr(config[0], "units_per_row", 1)
+            units, num_units = unit_ids(
+                kept, loss_mask, per_row=per_row, packing=packing[0],
+                eod=get_eod() if per_doc and packing[0] is None else None)
+            if units is not None:
+                extra.update(units=units, num_units=num_units)
+                rows = num_units // per_row  # the original rows, also when packed
         if per_domain and loss_mask is not None:
             from rw_domains import row_domains
 
             from megatron_rw.telemetry import SampleTelemetry
-            ids = row_domains(kept.get("dataset_id"), loss_mask.shape[0], loss_mask.device)
+            ids = row_domains(kept.get("dataset_id"), rows, loss_mask.device)
             extra["telemetry"] = SampleTelemetry(domain_ids=ids, domain_names=tuple(domains),
                                                  shares=True)
         reweighted = functools.partial(loss_func, loss_mask, config=config[0],

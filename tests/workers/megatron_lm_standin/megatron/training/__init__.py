@@ -90,6 +90,8 @@ def pretrain(train_valid_test_dataset_provider, model_provider, model_type, forw
     chunks, optimizer, _ = L.build_model_and_optimizer(L.Layout())
     model = chunks[0]
     dp = ps.get_data_parallel_world_size(with_context_parallel=False)
+    # As Megatron-LM's validate_args sets them.
+    _ARGS.data_parallel_size, _ARGS.micro_batch_size = dp, ROWS // dp
     record = {"loss": [], "grads": [], "params": []}
     for step in range(_ARGS.train_iters):
         _ARGS.curr_iteration = step
