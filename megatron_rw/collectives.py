@@ -35,10 +35,12 @@ class ReweightGroups:
         """
         from megatron.core import parallel_state as ps
 
+        from megatron_rw.compat import data_parallel_group
+
         if not ps.model_parallel_is_initialized():
             return cls()
         return cls(
-            data_parallel=ps.get_data_parallel_group(with_context_parallel=False),
+            data_parallel=data_parallel_group(),
             context_parallel=ps.get_context_parallel_group(check_initialized=True),
         )
 

@@ -13,6 +13,7 @@ from typing import Dict, Optional
 import torch
 import torch.distributed as dist
 
+from megatron.core import parallel_state as _ps
 from megatron.core.utils import get_batch_on_this_cp_rank as _get_batch_on_this_cp_rank
 
 # megatron-core 0.16.1 (core/utils.py:1994): get_batch_on_this_cp_rank(batch, cp_group=None),
@@ -45,3 +46,22 @@ def slice_for_context_parallel(batch: Dict[str, Optional[torch.Tensor]],
     if _CP_SLICE_TAKES_HYBRID:
         return _get_batch_on_this_cp_rank(dict(batch), is_hybrid_cp=False, cp_group=cp_group)
     return _get_batch_on_this_cp_rank(dict(batch), cp_group=cp_group)
+
+
+# megatron-core 0.16.1 - 0.18.x: get_data_parallel_group(with_context_parallel=False, ...): every
+#   rank that holds distinct micro-batches, tensor/pipeline/context ranks excluded.
+# megatron-core 0.19.x (parallel_state.py:1758): get_data_parallel_group(with_context_parallel,
+#   with_gtp_remat=True, ...). Weight-sharded tensor parallelism (GTP,
+#   --tensor-parallel-num-weight-shards) adds a gtp_remat axis whose ranks hold distinct
+#   micro-batches; with_gtp_remat=False returns only the replicate group (gradient all-reduce).
+#   Passed explicitly, so that a changed default cannot silently shrink the global micro-batch.
+_DP_GROUP_TAKES_GTP = "with_gtp_remat" in inspect.signature(_ps.get_data_parallel_group).parameters
+
+
+def data_parallel_group() -> dist.ProcessGroup:
+    """Every rank holding distinct micro-batches of this rank's model replica position: the
+    group over which a global micro-batch's losses are gathered (context parallelism excluded:
+    CP ranks share their samples)."""
+    if _DP_GROUP_TAKES_GTP:
+        return _ps.get_data_parallel_group(with_context_parallel=False, with_gtp_remat=True)
+    return _ps.get_data_parallel_group(with_context_parallel=False)

@@ -21,7 +21,9 @@ CPU for the whole process, in three parts:
    `backward()` / `autograd.grad` are re-dispatched with the mode pushed again: Megatron's custom
    autograd functions allocate on "cuda" in their backward too (e.g. sequence-parallel linear).
 
-Collectives need nothing: every tensor is a CPU tensor, which gloo handles. Use `backend()` to pick
+Collectives need one thing: megatron-core's alltoall MoE dispatcher hands
+``all_to_all_single`` its split sizes as tensors, which torch 2.14 refuses; the mode passes them
+as lists of ints. Otherwise every tensor is a CPU tensor, which gloo handles. Use `backend()` to pick
 the process-group backend. The shim is installed only when no GPU is present; intercepting every
 torch call in Python costs ~12-16 % step time (GUIDE.md §2).
 """
@@ -70,6 +72,7 @@ def enable_cpu_runtime() -> bool:
         stub_cuda_api()
         _redirect_cuda_rng()
         _patch_megatron_rng()
+        _patch_megatron_without_te()
         # Entered globally and never exited: Megatron allocates on "cuda" from any code path.
         _mode = _CudaAsCpuMode()
         _mode.__enter__()
@@ -157,6 +160,19 @@ def _patch_megatron_rng():
     )
 
 
+def _patch_megatron_without_te():
+    """megatron-core 0.16.1's ``moe_utils`` imports ``te_general_gemm`` inside a ``try`` and
+    reads it unconditionally in the MoE router's gating (``if te_general_gemm is not None``):
+    without Transformer Engine every MoE forward raises NameError. None is what the code
+    expects when TE is absent; later versions define it so themselves."""
+    try:
+        from megatron.core.transformer.moe import moe_utils
+    except ImportError:
+        return
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
 # --------------------------------------------------------------------------- part 3: devices
 def _is_cuda_device(device) -> bool:
     if isinstance(device, torch.device):
@@ -184,6 +200,17 @@ def _tensor_to(args, kwargs):
     return torch.Tensor.to(*args, **kwargs)
 
 
+def _split_sizes_as_ints(args, kwargs):
+    """``all_to_all_single`` with its split sizes as lists of ints. megatron-core's alltoall MoE
+    dispatcher passes them as host tensors, which torch 2.14's c10d binding rejects
+    ("incompatible function arguments": it takes a sequence of ints); the values are the same."""
+    for name in ("output_split_sizes", "input_split_sizes"):
+        sizes = kwargs.get(name)
+        if sizes is not None and not isinstance(sizes, (list, tuple)):
+            kwargs[name] = [int(n) for n in sizes]
+    return torch.distributed.all_to_all_single(*args, **kwargs)
+
+
 _METHODS = {
     torch.Tensor.cuda: lambda args, kwargs: args[0],  # already "on the device"
     torch.Tensor.pin_memory: lambda args, kwargs: args[0],  # pinning needs a CUDA driver
@@ -191,6 +218,8 @@ _METHODS = {
     torch.Tensor.type: _tensor_type,
     torch.Tensor.to: _tensor_to,
 }
+if torch.distributed.is_available():
+    _METHODS[torch.distributed.all_to_all_single] = _split_sizes_as_ints
 
 
 # Torch functions that run arbitrary Python inside them (Function.backward, autograd hooks), which

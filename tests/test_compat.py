@@ -60,3 +60,14 @@ def test_omitted_group_behaviour_is_the_one_compat_assumes(records):
 def test_slicing_refuses_a_missing_group():
     with pytest.raises(ValueError, match="WORLD"):
         compat.slice_for_context_parallel({}, None)
+
+
+@pytest.mark.slow
+def test_reweighting_gathers_over_every_rank_with_distinct_data_under_gtp(records):
+    """megatron-core 0.19's weight-sharded TP (GTP) ranks hold distinct micro-batches; its
+    data_parallel_size is only the replicate degree. The hook's group spans both (4 ranks), not
+    the replicate group (2)."""
+    if "gtp" not in records[0]:
+        pytest.skip("this megatron-core has no weight-sharded tensor parallelism (GTP)")
+    for rec in records:
+        assert rec["gtp"] == {"reweight_group": 4, "replicate_group": 2}, rec

@@ -3,8 +3,9 @@
 Checkouts: ``../shared/megatron-lm/core_v0.16.1`` and ``core_v0.19.0`` next to the repository,
 and any checkout named by ``MEGATRON_LM=/path``. Each is copied to a temporary folder (the dataset
 helpers are built in it; ``shared/`` is read-only in CI) and runs in this interpreter: its own
-``megatron.core`` and ``megatron.training`` come first on ``PYTHONPATH``. Two launches per
-checkout: a run SIGKILLed after its checkpoint, then every other run in one process.
+``megatron.core`` and ``megatron.training`` come first on ``PYTHONPATH``. Three launches per
+checkout: a run SIGKILLed after its checkpoint, every other 2-process run in one launch (dense
+layouts, then MoE and MTP), and the 4-process MoE layout.
 """
 
 from __future__ import annotations
@@ -211,3 +212,81 @@ def test_nan_sample_stops_like_unpatched_unless_skipped(megatron_lm):
     assert skip["stopped"] is None and len(skip["iterations"]) == 6
     invalid = [r["loss"]["invalid samples"] for r in skip["iterations"]]
     assert invalid[2] > 0 and invalid[:2] == [0.0, 0.0] and invalid[3:] == [0.0] * 3
+
+
+# ---------------------------------------------------------------- today's workloads
+# MoE with expert parallelism (both dispatchers), MTP (tests/workers/megatron_lm.py WORKLOADS,
+# run in the main launch) and MoE EP2 x PP2 x DP2 on 4 processes (MOE4, a launch of its own).
+
+WORKLOADS = ["moe-allgather", "moe-alltoall", "mtp"]
+
+
+@pytest.fixture(scope="module")
+def moe4(megatron_lm):
+    """The 4-process MoE layout's result, on the same checkout as ``megatron_lm``."""
+    name, _, _, work = megatron_lm
+    checkout = str(work / "checkout")
+    env = {"PYTHONPATH": f"{checkout}:{REPO}", "PYTHONWARNINGS": "ignore"}
+    torchrun(WORKER, 4, ["--checkout", checkout, "--work", str(work), "--phase", "moe4"],
+             env=env)
+    return name, json.loads((work / "moe4.json").read_text())
+
+
+def _workload(megatron_lm, moe4, workload):
+    if workload == "moe-pp2":
+        return moe4
+    name, result, _, _ = megatron_lm
+    return name, result
+
+
+@pytest.mark.slow
+@pytest.mark.compat
+@pytest.mark.parametrize("workload", WORKLOADS + ["moe-pp2"])
+def test_workload_uniform_is_bitwise_unpatched(request, megatron_lm, workload):
+    """MoE (EP2: allgather, alltoall; EP2 x PP2 x DP2) and MTP: every iteration's lm loss and
+    grad norm, every aux loss Megatron logs (load_balancing_loss, mtp_1 loss) and the final
+    parameters of uniform equal the unpatched run's."""
+    moe4 = request.getfixturevalue("moe4") if workload == "moe-pp2" else None
+    name, result = _workload(megatron_lm, moe4, workload)
+    runs = result["runs"]
+    for variant in ("unpatched", "uniform", "linupper"):
+        assert runs[f"{workload}/{variant}"]["stopped"] is None, (name, runs)
+    assert len(runs[f"{workload}/uniform"]["iterations"]) == (3 if workload == "mtp" else 6)
+    assert result["compare"][f"{workload}: uniform vs unpatched"] == [0, 0], (name, result)
+    differing, compared = result["compare"][f"{workload}: uniform vs unpatched aux"]
+    assert differing == 0 and compared > 0, (name, result["compare"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", WORKLOADS + ["moe-pp2"])
+def test_workload_linupper_weighs_the_whole_global_micro_batch(request, megatron_lm, workload):
+    """linupper: every rank's weights are those of the whole global micro-batch's per-sample
+    losses (all dense data-parallel ranks; under EP the expert-data-parallel group is smaller,
+    and gathering over it fails this test); the aux losses stay Megatron's, logged as before
+    (the first reweighted iteration starts from the unpatched parameters, so its aux losses
+    equal the unpatched run's)."""
+    moe4 = request.getfixturevalue("moe4") if workload == "moe-pp2" else None
+    name, result = _workload(megatron_lm, moe4, workload)
+    check = result["compare"][f"{workload}: linupper weights"]
+    assert check["compared"] > 0 and check["max_error"] < 1e-5, (name, check)
+    assert check["spread"] > 0.1  # the weights really differ between samples
+    assert check["dp_size"] == 2 and check["ranks_with_loss"] == 2
+    if workload.startswith("moe"):
+        assert check["ep_size"] == 2 and check["expert_dp_size"] == 1, check
+    differing, compared = result["compare"][f"{workload}: linupper vs unpatched aux, iteration 3"]
+    assert differing == 0 and compared > 0
+    assert result["compare"][f"{workload}: linupper vs unpatched"][1] > 0  # trained differently
+    key = "mtp_1 loss" if workload == "mtp" else "load_balancing_loss"
+    assert all(key in r["aux"] for r in result["runs"][f"{workload}/linupper"]["iterations"])
+
+
+@pytest.mark.slow
+def test_mtp_losses_stay_unweighted(megatron_lm):
+    """MTP's losses are computed inside the model and left unweighted: after the first
+    reweighted step (no grad clipping) the MTP block's own parameters, whose gradients come only
+    from the MTP loss, equal the unpatched run's bit for bit; the decoder's do not."""
+    name, result, _, _ = megatron_lm
+    same, mtp = result["compare"]["mtp: linupper vs unpatched mtp parameters"]
+    assert same == 0 and mtp > 0, (name, result["compare"])
+    differing, decoder = result["compare"]["mtp: linupper vs unpatched decoder parameters"]
+    assert decoder > 0 and differing == decoder

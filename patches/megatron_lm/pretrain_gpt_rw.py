@@ -65,7 +65,10 @@ def reweight_config(args) -> ReweightConfig:
             raise ContractError(
                 f"megatron-rw replaces Megatron-LM's loss_func; {what} is not supported")
     config = ReweightConfig.from_args(args)
-    config.check_normalisation_group(args.data_parallel_size, args.micro_batch_size)
+    # Megatron-LM 0.19's data_parallel_size is the replicate degree; weight-sharded TP (GTP)
+    # ranks of a replicate hold distinct micro-batches as well.
+    data_ranks = args.data_parallel_size * getattr(args, "gtp_weight_remat_size", 1)
+    config.check_normalisation_group(data_ranks, args.micro_batch_size)
     check_packing(packing_of(args), args)
     return config
 

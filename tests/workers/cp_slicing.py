@@ -5,9 +5,11 @@ For every layout, each rank takes its data-parallel rows of one global batch who
 encode (row, position), slices them for context parallelism through the compat layer, and
 records the (row, position) pairs it holds. It also records what megatron-core's own
 ``get_batch_on_this_cp_rank`` does when the group is left out (the behaviour that changed
-silently between versions). Writes ``$OUT_DIR/rank{RANK}.json``.
+silently between versions), and, where megatron-core has weight-sharded tensor parallelism
+(GTP), the size of the group the loss hook gathers over. Writes ``$OUT_DIR/rank{RANK}.json``.
 """
 
+import inspect
 import json
 import os
 import sys
@@ -58,6 +60,18 @@ def main():
                 omitted = get_batch_on_this_cp_rank(dict(local))
             record["group_omitted_tokens"] = omitted["tokens"].tolist()
     ps.destroy_model_parallel()
+    if "gtp_remat_size" in inspect.signature(ps.initialize_model_parallel).parameters:
+        # Weight-sharded TP (megatron-core 0.19): 2 replicates x 2 gtp_remat ranks, all four
+        # holding distinct micro-batches. The reweighting group must span all four.
+        from megatron_rw.collectives import ReweightGroups
+
+        ps.initialize_model_parallel(gtp_remat_size=2)
+        record["gtp"] = {
+            "reweight_group": dist.get_world_size(ReweightGroups.from_parallel_state()
+                                                  .data_parallel),
+            "replicate_group": ps.get_data_parallel_world_size(with_context_parallel=False,
+                                                               with_gtp_remat=False)}
+        ps.destroy_model_parallel()
     with open(os.path.join(os.environ["OUT_DIR"], f"rank{dist.get_rank()}.json"), "w") as f:
         json.dump(record, f)
     dist.destroy_process_group()

@@ -17,6 +17,11 @@ Phases:
   of random-token documents (``easy``: tokens 0-49, ``hard``: 0-399; DP2, TP2); NaN written
   into one sample's token losses at iteration ``NAN_AT``: patched with
   ``--sample-reweight-skip-nonfinite``, then unpatched and patched without it (these stop).
+  Then today's workloads (``WORKLOADS``): MoE with expert parallelism 2 (allgather and alltoall
+  dispatchers) and multi-token prediction, each unpatched, uniform and linupper; the linupper
+  runs record every rank's weights and per-sample losses (``weights_check``).
+- ``moe4`` (4 processes): MoE EP2 (alltoall) with pipeline parallelism 2 and DP2, unpatched,
+  uniform and linupper.
 - ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
   ``--iters`` iterations, the unpatched ``pretrain_gpt.py`` and the patch with linupper (r = 0.4,
   no burn-in), alternating A B / B A; each run's median time per iteration.
@@ -79,8 +84,37 @@ DOCUMENTS = [*LINUPPER, "--sample-reweight-unit", "document", "--sample-reweight
 DOMAINS = [*LINUPPER, "--sample-reweight-preview", "quadratic"]
 BLEND = {"easy": 50, "hard": 400}  # domain -> token ids drawn from range(n); vocabulary 500
 
-RECORD = {"iterations": [], "model": None}
+# MoE: 4 experts over expert-parallel size 2, top-2 routing, Megatron's load-balancing aux loss
+# (gelu + bias fusion refuses MoE's per-token scale). MTP: one extra prediction depth (needs
+# RoPE); no grad clipping, so a parameter's update depends on its own gradient alone.
+MOE = ["--num-experts", "4", "--expert-model-parallel-size", "2", "--moe-router-topk", "2",
+       "--moe-aux-loss-coeff", "0.01", "--no-bias-gelu-fusion"]
+MTP = ["--mtp-num-layers", "1", "--position-embedding-type", "rope", "--clip-grad", "0.0",
+       "--train-iters", "3"]
+WORKLOADS = {"moe-allgather": MOE + ["--moe-token-dispatcher-type", "allgather"],
+             "moe-alltoall": MOE + ["--moe-token-dispatcher-type", "alltoall"],
+             "mtp": MTP}
+MOE4 = {"moe-pp2": MOE + ["--moe-token-dispatcher-type", "alltoall",
+                          "--pipeline-model-parallel-size", "2"]}
+
+RECORD = {"iterations": [], "model": None, "weights": None}
 INJECT = {"on": False}
+
+
+class FirstWrites(dict):
+    """A stand-in for ``training_log``'s ``total_loss_dict`` that keeps the first value written
+    to each key during one call: with ``--log-interval 1`` that is this iteration's value of
+    every metric Megatron accumulates there (the MoE aux losses, the MTP losses), before the
+    log line resets it."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.first = {}
+
+    def __setitem__(self, key, value):
+        if key not in self.first and isinstance(value, torch.Tensor):
+            self.first[key] = value.detach().double().flatten().tolist()
+        super().__setitem__(key, value)
 
 
 def _record_training_log(original):
@@ -88,14 +122,24 @@ def _record_training_log(original):
 
     @functools.wraps(original)
     def training_log(*args, **kwargs):
-        bound = signature.bind(*args, **kwargs).arguments
+        call = signature.bind(*args, **kwargs)
+        bound = call.arguments
         grad_norm = bound.get("grad_norm")
+        total = bound.get("total_loss_dict")
+        spy = FirstWrites(total or {})
+        if total is not None:
+            call.arguments["total_loss_dict"] = spy
+        result = original(*call.args, **call.kwargs)
+        if total is not None:
+            total.clear()
+            total.update(spy)
         RECORD["iterations"].append({
             "iteration": int(bound["iteration"]),
             "loss": {k: float(v) for k, v in bound["loss_dict"].items()},
+            "aux": {k: v for k, v in spy.first.items() if k not in bound["loss_dict"]},
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "time": time.perf_counter()})
-        return original(*args, **kwargs)
+        return result
 
     return training_log
 
@@ -126,6 +170,35 @@ def _inject_nan(original):
     return compute_language_model_loss
 
 
+def _record_weights(original):
+    """``reweighted_loss_func`` that keeps, per call, this rank's per-sample losses (computed
+    here from the loss mask and token losses) and the weights the loss used (its telemetry
+    sink), while ``RECORD["weights"]`` is a list."""
+    from megatron_rw.telemetry import SampleTelemetry
+
+    @functools.wraps(original)
+    def reweighted_loss_func(loss_mask, output_tensor, **kwargs):
+        if RECORD["weights"] is None or kwargs.get("telemetry") is not None:
+            return original(loss_mask, output_tensor, **kwargs)
+        kept = {}
+        result = original(loss_mask, output_tensor, telemetry=SampleTelemetry(sink=kept.update),
+                          **kwargs)
+        with torch.no_grad():
+            # float32 row sums, as the loss computes them: the reference weights below then
+            # start from the same losses (a loss range of 0.03 turns float32 rounding of a
+            # loss into a weight difference of 1e-4: 2 / range / r).
+            mask = loss_mask.float()
+            losses = ((output_tensor.detach().float() * mask).sum(1) / mask.sum(1)).double()
+        RECORD["weights"].append({"iteration": kwargs["iteration"], "losses": losses.tolist(),
+                                  "weights": kept["weight"].double().tolist()})
+        return result
+
+    return reweighted_loss_func
+
+
+import megatron_rw  # noqa: E402  (the patch imports reweighted_loss_func from it at wrap time)
+
+megatron_rw.reweighted_loss_func = _record_weights(megatron_rw.reweighted_loss_func)
 training.training_log = _record_training_log(training.training_log)
 training.setup_model_and_optimizer = _keep_model(training.setup_model_and_optimizer)
 LanguageModule.compute_language_model_loss = _inject_nan(
@@ -159,12 +232,14 @@ def _load_patch():
     return module
 
 
-def run(checkout, flags, patched, nan=False):
-    """One ``pretrain``; returns its records and this rank's parameters (None if it stopped)."""
+def run(checkout, flags, patched, nan=False, weights=False):
+    """One ``pretrain``; returns its records and this rank's parameters (None if it stopped).
+    With ``weights``, every rank's per-call losses and weights go to rank 0's record, with
+    each rank's place in the layout (``outcome["weights"]``)."""
     script = os.path.join(checkout, "pretrain_gpt.py")
     train = [f for f in TRAIN if f != "--mock-data" or "--data-path" not in flags]
     sys.argv = [PATCH if patched else script, *MODEL, *train, *CPU_FLAGS, *flags]
-    RECORD.update(iterations=[], model=None)
+    RECORD.update(iterations=[], model=None, weights=[] if weights else None)
     INJECT["on"] = nan
     outcome = {"stopped": None}
     started = time.perf_counter()
@@ -181,7 +256,10 @@ def run(checkout, flags, patched, nan=False):
     outcome["iterations"] = RECORD["iterations"]
     params = None
     if RECORD["model"] is not None and outcome["stopped"] is None:
-        params = [p.detach().clone() for chunk in RECORD["model"] for p in chunk.parameters()]
+        params = [(n, p.detach().clone()) for chunk in RECORD["model"]
+                  for n, p in chunk.named_parameters()]
+    if weights:
+        outcome["weights"] = gathered_weights()
     training.destroy_global_state()
     return outcome, params
 
@@ -194,8 +272,81 @@ def mismatches(a, b, pa, pb):
     records = sum(key(x) != key(y) for x, y in zip(a["iterations"], b["iterations"]))
     records += abs(len(a["iterations"]) - len(b["iterations"]))
     params = -1 if pa is None or pb is None else sum(
-        not torch.equal(x, y) for x, y in zip(pa, pb)) + abs(len(pa) - len(pb))
+        not torch.equal(x, y) for (_, x), (_, y) in zip(pa, pb)) + abs(len(pa) - len(pb))
     return [records, params]
+
+
+def differing_params(pa, pb, prefix):
+    """[differing, compared]: parameters whose name contains ``prefix``."""
+    pairs = [(x, y) for (n, x), (_, y) in zip(pa, pb) if prefix in n]
+    return [sum(not torch.equal(x, y) for x, y in pairs), len(pairs)]
+
+
+def aux_mismatches(a, b):
+    """Iterations whose aux losses (MoE, MTP) differ, and how many values were compared."""
+    differing = compared = 0
+    for x, y in zip(a["iterations"], b["iterations"]):
+        differing += x["aux"] != y["aux"]
+        compared += sum(len(v) for v in x["aux"].values())
+    return [differing, compared]
+
+
+def gathered_weights():
+    """Every rank's weight records with its place in the layout, on rank 0 (None elsewhere)."""
+    from megatron.core import parallel_state as ps
+
+    mine = {"rank": dist.get_rank(), "calls": RECORD["weights"],
+            "dp_rank": ps.get_data_parallel_rank(with_context_parallel=False),
+            "dp_size": ps.get_data_parallel_world_size(with_context_parallel=False),
+            "tp_rank": ps.get_tensor_model_parallel_rank(),
+            "pp_rank": ps.get_pipeline_model_parallel_rank(),
+            "ep_size": ps.get_expert_model_parallel_world_size(),
+            "expert_dp_size": ps.get_expert_data_parallel_world_size()}
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every if dist.get_rank() == 0 else None
+
+
+def weights_check(ranks, r=0.4, delta=1.0, warmup=2):
+    """Every rank's weights against linupper's weights of the whole global micro-batch.
+
+    The global micro-batch of call ``j`` is the concatenation, in data-parallel rank order, of
+    the per-sample losses that the ranks of each DP rank saw in their ``j``-th call (computed
+    here from the token losses); its weights are computed here too, in float64, from the
+    paper's formulas. Returns the largest difference, the number of weights compared and the
+    layout's sizes."""
+    import math
+
+    callers = [x for x in ranks if x["calls"]]
+    by_dp = {}
+    for x in callers:
+        by_dp.setdefault(x["dp_rank"], x)
+    dp = callers[0]["dp_size"]
+    assert sorted(by_dp) == list(range(dp)), sorted(by_dp)
+    worst, compared = 0.0, 0
+    for j in range(len(callers[0]["calls"])):
+        losses = [v for d in range(dp) for v in by_dp[d]["calls"][j]["losses"]]
+        iteration = by_dp[0]["calls"][j]["iteration"]
+        lo, hi = min(losses), max(losses)
+        x = [delta * (2 * v - hi - lo) / max(hi - lo, 1e-6) for v in losses]
+        f = [min(v + delta, delta) for v in x]
+        if iteration < warmup:
+            reference = [1.0] * len(losses)
+        else:
+            top = max(f)
+            e = [math.exp((v - top) / r) for v in f]
+            reference = [len(e) * v / sum(e) for v in e]
+        for rank in callers:
+            call = rank["calls"][j]
+            b = len(call["weights"])
+            expected = reference[rank["dp_rank"] * b:(rank["dp_rank"] + 1) * b]
+            worst = max(worst, max(abs(a - e) for a, e in zip(call["weights"], expected)))
+            compared += b
+    return {"max_error": worst, "compared": compared, "dp_size": dp,
+            "ranks_with_loss": len(callers), "ep_size": callers[0]["ep_size"],
+            "expert_dp_size": callers[0]["expert_dp_size"],
+            "spread": max(max(c["weights"]) - min(c["weights"]) for x in callers
+                          for c in x["calls"])}
 
 
 def summed(counts):
@@ -269,12 +420,51 @@ def phase_main(checkout, work, layouts):
     blend = write_blend(work)  # after the first runs: Megatron-LM has initialised the group
     for layout in ("dp2", "tp2"):
         keep(f"{layout}/domains", LAYOUTS[layout] + DOMAINS + blend, True)
+    phase_workloads(checkout, WORKLOADS, result, params)
     keep("nan/patched-skip", [*UNIFORM, "--sample-reweight-skip-nonfinite"], True, nan=True)
     # Megatron's rerun machinery saves a checkpoint before it stops the run: give it a place.
     for name, flags, patched in (("nan/unpatched", [], False), ("nan/patched", UNIFORM, True)):
         keep(name, [*flags, "--save", os.path.join(work, name.replace("/", "-")),
                     "--save-interval", "1000"], patched,
              nan=True)
+    return result
+
+
+def phase_workloads(checkout, workloads, result=None, params=None):
+    """For each workload: unpatched, uniform and linupper (recording the weights); the bitwise
+    comparisons of uniform with unpatched (records, aux losses), the weights check, and linupper
+    against unpatched (aux losses of the first reweighted iteration; MTP's own parameters)."""
+    result = {"runs": {}, "compare": {}} if result is None else result
+    params = {} if params is None else params
+    for name, flags in workloads.items():
+        for variant, extra, patched in (("unpatched", [], False), ("uniform", UNIFORM, True),
+                                        ("linupper", LINUPPER, True)):
+            outcome, p = run(checkout, flags + extra, patched, weights=variant == "linupper")
+            result["runs"][f"{name}/{variant}"] = outcome
+            params[f"{name}/{variant}"] = p
+        runs = {v: result["runs"][f"{name}/{v}"] for v in ("unpatched", "uniform", "linupper")}
+        ps_ = {v: params[f"{name}/{v}"] for v in runs}
+        compare = result["compare"]
+        compare[f"{name}: uniform vs unpatched"] = summed(mismatches(
+            runs["uniform"], runs["unpatched"], ps_["uniform"], ps_["unpatched"]))
+        compare[f"{name}: uniform vs unpatched aux"] = summed(aux_mismatches(
+            runs["uniform"], runs["unpatched"]))
+        # The first reweighted iteration (after the 2 burn-in steps) starts from the unpatched
+        # run's parameters: its aux losses must be the unpatched ones.
+        third = [dict(r, iterations=r["iterations"][2:3]) for r in (runs["linupper"],
+                                                                    runs["unpatched"])]
+        compare[f"{name}: linupper vs unpatched aux, iteration 3"] = summed(
+            aux_mismatches(*third))
+        compare[f"{name}: linupper vs unpatched"] = summed(mismatches(
+            runs["linupper"], runs["unpatched"], ps_["linupper"], ps_["unpatched"]))
+        if name == "mtp" and ps_["linupper"] is not None and ps_["unpatched"] is not None:
+            compare["mtp: linupper vs unpatched mtp parameters"] = summed(differing_params(
+                ps_["linupper"], ps_["unpatched"], "mtp."))
+            compare["mtp: linupper vs unpatched decoder parameters"] = summed(differing_params(
+                ps_["linupper"], ps_["unpatched"], "decoder."))
+        if dist.get_rank() == 0 and runs["linupper"].get("weights"):
+            compare[f"{name}: linupper weights"] = weights_check(runs["linupper"]["weights"])
+        runs["linupper"].pop("weights", None)
     return result
 
 
@@ -312,7 +502,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkout", required=True)
     parser.add_argument("--work", required=True)
-    parser.add_argument("--phase", choices=("kill", "main", "timing"), required=True)
+    parser.add_argument("--phase", choices=("kill", "main", "workloads", "moe4", "timing"),
+                        required=True)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--pairs", type=int, default=4, help="timing: pairs of runs per layout")
     parser.add_argument("--iters", type=int, default=15, help="timing: iterations per run")
@@ -321,6 +512,8 @@ def main() -> int:
         phase_kill(a.checkout, a.work)
     if a.phase == "timing":
         result = phase_timing(a.checkout, a.layouts.split(","), a.pairs, a.iters)
+    elif a.phase in ("workloads", "moe4"):  # workloads: the part of main, alone (debugging)
+        result = phase_workloads(a.checkout, MOE4 if a.phase == "moe4" else WORKLOADS)
     else:
         result = phase_main(a.checkout, a.work, a.layouts.split(","))
     if dist.get_rank() == 0:
