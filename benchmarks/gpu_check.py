@@ -7,7 +7,8 @@ uniform-vs-linupper run on real text. Writes results/gpu_check.json and results/
 Made to run in one call on a lent GPU machine (docs/gpu_check.md: what to carry, the exact call).
 Phases run in order, each in its own process group with a time limit cut from --budget-s:
 
-1. ``tests``: ``pytest -m gpu`` on tests/test_gpu.py and tests/test_gpu_pretrain.py;
+1. ``tests``: ``pytest -m gpu`` on tests/test_gpu.py, tests/test_gpu_pretrain.py and
+   tests/test_packed.py (packed micro-batches on CUDA: no host sync, equal to unpacked);
 2. ``overhead``: benchmarks/gpu_overhead.py, a 124M GPT in bf16 at sequence 1024, steps
    alternating Megatron-LM's loss and linupper; per-pair step-time ratios, median and IQR
    (benchmarks/overhead.py's ``analyse``);
@@ -38,7 +39,7 @@ from benchmarks import gpu_check_report as R
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NO_CUDA = 3
-GPU_TESTS = ["tests/test_gpu.py", "tests/test_gpu_pretrain.py"]
+GPU_TESTS = ["tests/test_gpu.py", "tests/test_gpu_pretrain.py", "tests/test_packed.py"]
 # Seconds each phase may take at most, and the least worth starting with.
 PHASE_LIMITS = {"tests": (200, 60), "overhead": (120, 45), "quality": (240, 90)}
 RESERVE_S = 10  # kept back for the plot and the last write

@@ -284,7 +284,8 @@ def setup(args):
     tokenizer = SentencePieceTokenizer(args.tokenizer_model)
     check_data(data_blends(args), tokenizer)
     try:
-        ReweightConfig.from_args(args)
+        ReweightConfig.from_args(args).check_normalisation_group(args.data_parallel_size,
+                                                                 args.micro_batch_size)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
     return tokenizer

@@ -56,3 +56,38 @@ def test_packed_equals_unpacked_dp2_and_cp2(packed_runs, case):
     # The two CP ranks hold complementary zigzag chunks of the flattened row.
     positions = sorted(packed_runs[0][case]["cp_positions"] + packed_runs[1][case]["cp_positions"])
     assert positions == list(range(32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("unit", ["sample", "document"])
+def test_packed_on_cuda_equals_unpacked_without_host_sync(unit):
+    """On the GPU: the packed micro-batch's units (``packed_units``) and loss make no host
+    synchronisation, and equal the unpacked micro-batch's loss and gradients."""
+    from megatron_rw import ReweightConfig, reweighted_loss_func
+    from tests.workers.packed import SEQ, global_batch, document_slots
+
+    config = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=0, unit=unit,
+                            max_documents=4)
+    k = config.units_per_row
+    batch = {key: v.cuda() for key, v in global_batch().items()}
+    rows = batch["losses"].shape[0]
+    reference = batch["losses"].clone().requires_grad_(True)
+    slots = document_slots(global_batch()["cu_seqlens"], k).cuda() if unit == "document" else None
+    want, want_tokens, _ = reweighted_loss_func(batch["loss_mask"], reference, config=config,
+                                                iteration=0, units=slots)
+    want.backward()
+    flat = batch["losses"].reshape(1, -1).clone().requires_grad_(True)
+    mask = batch["loss_mask"].reshape(1, -1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        units = packed_units(batch["cu_seqlens"], SEQ, k)
+        got, got_tokens, _ = reweighted_loss_func(mask, flat, config=config, iteration=0,
+                                                  units=units, num_units=rows * k)
+        got.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(flat.grad.reshape(rows, SEQ), reference.grad, rtol=1e-6, atol=0)
+    assert int(got_tokens) == int(want_tokens)
