@@ -58,8 +58,9 @@ def _worker(out: str, rounds: int) -> None:
     }
 
     def hook(cfg):
+        mine = units if cfg.unit == "document" else None  # given units are always used
         return lambda: reweighted_loss_func(mask, out_t, config=cfg, iteration=0, groups=groups,
-                                            units=units)
+                                            units=mine)
 
     def gather(n):
         src = torch.rand(n)

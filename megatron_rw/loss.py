@@ -1,7 +1,9 @@
 """The loss hook: Megatron-LM's ``loss_func`` contract with loss-based sample weights.
 
 Per micro-batch, on the last pipeline stage of every (TP, CP, DP) rank, with ``U`` units per row
-(1: the row is the sample; ``max_documents``: one per document, :mod:`megatron_rw.units`):
+(1: the row is the sample; ``max_documents``: one per document, :mod:`megatron_rw.units`; a
+micro-batch that Megatron packed into one row holds ``rows * U``: its original rows, never the
+packed row, are the samples):
 
 1. per-unit partial ``(sum_t mask*l, sum_t mask)`` over this rank's tokens ``[b * U, 2]``;
 2. all-reduce over the context-parallel group -> whole-sequence sums, so every CP rank of a
@@ -109,6 +111,7 @@ def reweighted_loss_func(
             With packed sequences (one row per micro-batch) the unit of each token among the
             micro-batch's ``num_units`` units (:func:`megatron_rw.units.packed_units`), for
             samples (the original rows) as for documents.
+            Given units are always used, whatever ``config.unit``.
         num_units: units per row of ``loss_mask`` (default ``config.units_per_row``); a packed
             micro-batch of ``rows`` original rows is one row of ``rows * config.units_per_row``.
 
