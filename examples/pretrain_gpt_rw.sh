@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# GPT pretraining with loss-based sample reweighting, launched with torchrun on this node.
+""":"
+# GPT pretraining with loss-based sample reweighting. Three ways to start it:
 #
-#   bash examples/pretrain_gpt_rw.sh [pretrain_gpt flags ...]
+#   bash examples/pretrain_gpt_rw.sh [flags ...]      # starts torchrun on this node itself
+#   torchrun [torchrun options] examples/pretrain_gpt_rw.sh [flags ...]             # torchrun's ranks
+#   torchrun --no-python [torchrun options] examples/pretrain_gpt_rw.sh [flags ...]
+#   srun --ntasks-per-node=<GPUs> bash examples/pretrain_gpt_rw.sh [flags ...]      # a task per GPU
 #   MEGATRON_LM=/path/to/Megatron-LM bash examples/pretrain_gpt_rw.sh [pretrain_gpt.py flags ...]
+#
+# Who starts the ranks: when RANK, WORLD_SIZE and LOCAL_RANK are already set (torchrun, with or
+# without --no-python, or any launcher that sets them with MASTER_ADDR and MASTER_PORT) this
+# process is one rank and runs that rank's trainer itself, with no torchrun of its own. Under
+# srun with more tasks than nodes (one task per GPU) the rank comes from SLURM_PROCID,
+# SLURM_LOCALID and SLURM_STEP_NUM_TASKS, the rendezvous from the job's first node. Otherwise
+# (bash by hand, or srun with one task per node) it starts torchrun with GPUS_PER_NODE workers.
+# torchrun runs its script with Python: this file is also a Python program (everything up to the
+# closing quotes below is one string to Python), which hands the file to bash.
 #
 # Without MEGATRON_LM it trains with megatron-rw's own entry point (python -m
 # megatron_rw.pretrain_gpt); with it, that checkout's unmodified pretrain_gpt.py through
 # patches/megatron_lm/pretrain_gpt_rw.py. The config's flags and the corpus's flags are
 # Megatron-LM's names, so the same CONFIG and DATA serve both.
 #
-# Run it once per node (by hand, or from examples/slurm/pretrain_gpt_rw.sbatch). Flags given on
-# the command line come last, so they override the config's (argparse keeps the last value):
+# By hand or under examples/slurm/pretrain_gpt_rw.sbatch, run it once per node; under
+# examples/slurm/pretrain_gpt_rw_per_gpu.sbatch once per GPU. Flags given on the command line
+# come last, so they override the config's (argparse keeps the last value):
 #   bash examples/pretrain_gpt_rw.sh --sample-reweight-strategy quadratic --train-iters 500
 #
 # Environment, with defaults:
 #   GPUS_PER_NODE  processes on this node      all visible GPUs; 2 on a machine without CUDA
+#                                              (ignored when the ranks are started outside)
 #   NNODES         nodes in the job            $SLURM_NNODES or 1
 #   NODE_RANK      this node's index           $SLURM_NODEID or 0
 #   MASTER_ADDR    rendezvous host             first host of $SLURM_JOB_NODELIST, else 127.0.0.1
@@ -36,6 +51,31 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 PYTHON="${PYTHON:-python3}"
+
+# Ranks started outside this script: by a launcher that set RANK, WORLD_SIZE and LOCAL_RANK,
+# or by srun with one task per GPU (more tasks in this step than nodes).
+LAUNCHED_BY=""
+if [[ -n "${RANK:-}" && -n "${WORLD_SIZE:-}" && -n "${LOCAL_RANK:-}" ]]; then
+    LAUNCHED_BY="${TORCHELASTIC_RUN_ID:+torchrun}"
+    LAUNCHED_BY="${LAUNCHED_BY:-an outer launcher}"
+elif [[ -n "${SLURM_PROCID:-}" && "${SLURM_STEP_NUM_TASKS:-1}" -gt "${SLURM_STEP_NUM_NODES:-1}" ]]; then
+    LAUNCHED_BY=srun
+    export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" WORLD_SIZE="$SLURM_STEP_NUM_TASKS"
+    # This node's tasks, from SLURM_STEP_TASKS_PER_NODE ("4(x2),3": 4 on each of the first two
+    # nodes, 3 on the third) and this node's index in the step.
+    node="${SLURM_NODEID:-0}" LOCAL_WORLD_SIZE=1
+    IFS=, read -ra counts <<< "${SLURM_STEP_TASKS_PER_NODE:-1}"
+    for c in "${counts[@]}"; do
+        repeat=1
+        [[ "$c" == *"(x"* ]] && repeat="${c#*(x}" && repeat="${repeat%)}"
+        if (( node < repeat )); then LOCAL_WORLD_SIZE="${c%%(*}"; break; fi
+        node=$(( node - repeat ))
+    done
+    export LOCAL_WORLD_SIZE
+fi
+if [[ -n "$LAUNCHED_BY" ]]; then
+    GPUS_PER_NODE="${LOCAL_WORLD_SIZE:-1}"  # this node's ranks: for the CPU thread count
+fi
 
 if "$PYTHON" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     HAS_CUDA=1
@@ -105,15 +145,35 @@ else
     TRAINER_NAME="megatron_rw.pretrain_gpt"
 fi
 
-LAUNCH=(
-    "$PYTHON" -m torch.distributed.run
-    --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK"
-    --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"
-    "${TRAINER[@]}"
+ARGS=(
     "${MODEL_ARGS[@]}" "${TRAIN_ARGS[@]}" "${REWEIGHT_ARGS[@]}" "${PRECISION_ARGS[@]}"
     "${DATA_ARGS[@]}"
     --save "$OUT" --load "$OUT" --tensorboard-dir "$OUT/tensorboard"
     "$@"
 )
-echo "pretrain_gpt_rw.sh: node $NODE_RANK/$NNODES, $GPUS_PER_NODE processes, $([[ $HAS_CUDA == 1 ]] && echo cuda/nccl || echo cpu/gloo), config $CONFIG_NAME, output $OUT, trainer $TRAINER_NAME"
-PYTHONPATH="$PYPATH" exec "${LAUNCH[@]}"
+BACKEND="$([[ $HAS_CUDA == 1 ]] && echo cuda/nccl || echo cpu/gloo)"
+if [[ -n "$LAUNCHED_BY" ]]; then
+    # One rank: this process becomes its trainer (no torchrun of its own).
+    export MASTER_ADDR MASTER_PORT
+    if [[ "$RANK" == 0 ]]; then
+        echo "pretrain_gpt_rw.sh: $WORLD_SIZE ranks started by $LAUNCHED_BY, $BACKEND, config $CONFIG_NAME, output $OUT, trainer $TRAINER_NAME"
+    fi
+    PYTHONPATH="$PYPATH" exec "$PYTHON" "${TRAINER[@]}" "${ARGS[@]}"
+fi
+echo "pretrain_gpt_rw.sh: node $NODE_RANK/$NNODES, $GPUS_PER_NODE processes, $BACKEND, config $CONFIG_NAME, output $OUT, trainer $TRAINER_NAME"
+PYTHONPATH="$PYPATH" exec "$PYTHON" -m torch.distributed.run \
+    --nproc-per-node "$GPUS_PER_NODE" --nnodes "$NNODES" --node-rank "$NODE_RANK" \
+    --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT" \
+    "${TRAINER[@]}" "${ARGS[@]}"
+# bash never gets here (exec); what follows is Python, kept from bash -n by this here-document.
+: <<'pass'
+":"""
+# Python: torchrun ran this file as its training script (or someone ran `python` on it). Hand it
+# to bash with the same arguments; torchrun's RANK, WORLD_SIZE and LOCAL_RANK make it train this
+# one rank, with the interpreter torchrun used unless PYTHON says otherwise.
+import os
+import sys
+
+os.environ.setdefault("PYTHON", sys.executable)
+os.execvp("bash", ["bash", os.path.abspath(__file__), *sys.argv[1:]])
+pass

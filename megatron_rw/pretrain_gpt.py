@@ -294,7 +294,9 @@ def setup(args):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if not ON_CPU:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        # Modulo the visible devices: srun may give each task only its own GPU (LOCAL_RANK 3,
+        # one visible device), torchrun gives every worker all of them.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dist.init_process_group(backend())
     try:
         tokenizer = setup(args)

@@ -129,3 +129,67 @@ def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
     assert validation and not any("share/" in l for l in validation)
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     assert any((out / "tensorboard").iterdir())
+
+
+# ---------------------------------------------------------------- launch forms
+# The launcher's own torchrun is the reference; torchrun outside it (with and without
+# --no-python) must train the same run bit for bit. tests/test_slurm.py: srun, one task per GPU.
+COMPARED = ("train/lm loss", "train/weighted lm loss", "train/sample weight ess",
+            "train/grad norm", "train/learning rate")
+
+
+def metrics(out):
+    return {row["iteration"]: row for row in map(json.loads, (out / "metrics.jsonl")
+                                                  .read_text().splitlines())
+            if "train/lm loss" in row}
+
+
+@pytest.fixture(scope="module")
+def own_torchrun(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("own") / "run"
+    proc = launch(SHRINK, DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2",
+                  OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return metrics(out)
+
+
+def outer_torchrun(torchrun_options, args, **env):
+    """``torchrun [options] examples/pretrain_gpt_rw.sh [args]`` as a user types it."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("SLURM_", "MASTER_")) and k not in ("RANK", "WORLD_SIZE",
+                                                                     "LOCAL_RANK")}
+    base.update(PYTHON=sys.executable, OMP_NUM_THREADS="1", **env)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *torchrun_options,
+           LAUNCHER, *args]
+    return subprocess.run(cmd, env=base, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("options", [["--no-python"], []], ids=["no-python", "plain"])
+def test_torchrun_outside_the_launcher_equals_its_own_torchrun(corpus, tmp_path, own_torchrun,
+                                                               options):
+    """Each of torchrun's workers runs this rank's trainer directly (no nested torchrun); plain
+    torchrun runs the script with Python, which hands it to bash."""
+    out = tmp_path / "run"
+    proc = outer_torchrun(options, SHRINK, DATA=corpus["dir"], OUT=str(out))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "2 ranks started by torchrun, cpu/gloo, config tiny_cpu" in log, log[-3000:]
+    assert log.count("pretrain_gpt_rw.sh:") == 1  # rank 0 alone says so, and no inner launcher
+    assert "SyntaxError" not in log and "Traceback" not in log
+    rows = metrics(out)
+    assert sorted(rows) == sorted(own_torchrun) == [1, 2, 3]
+    for it, row in rows.items():
+        for key in COMPARED:
+            assert row[key] == own_torchrun[it][key], (it, key)
+
+
+def test_python_on_the_launcher_is_bash_on_it(tmp_path):
+    """``python examples/pretrain_gpt_rw.sh`` (what torchrun does) reaches the bash launcher: its
+    own start-up errors, not a Python traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    env.update(CONFIG=str(tmp_path / "nope.sh"))
+    proc = subprocess.run([sys.executable, LAUNCHER], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

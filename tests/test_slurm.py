@@ -7,7 +7,9 @@
    preemption with requeue does: SIGTERM to every task, then the job starts again) resumes from
    its last checkpoint and ends with the uninterrupted run's numbers; its log keeps what both
    attempts wrote.
-3. ``MEGATRON_LM=<checkout>`` through the same sbatch: the checkout's own ``pretrain_gpt.py``
+3. ``sbatch --ntasks-per-node=2`` (one task per GPU): srun starts all 4 ranks, each launcher
+   trains its own rank (DP4), and every logged number equals 4 processes on one host.
+4. ``MEGATRON_LM=<checkout>`` through the same sbatch: the checkout's own ``pretrain_gpt.py``
    (through patches/megatron_lm) trains DP2 across the two nodes, and its TensorBoard scalars and
    final checkpoint equal the same command launched on one node without Slurm, bit for bit. The
    checkout is a copy of the newest fixture in ../shared/megatron-lm (skipped without one).
@@ -167,6 +169,40 @@ def test_requeued_job_resumes_and_ends_like_an_uninterrupted_run(cluster, corpus
     for it in rows:
         for key in COMPARED:
             assert rows[it][key] == without_slurm[it][key], (it, key)
+
+
+# One task per GPU: `sbatch --ntasks-per-node=2` of the same script on 2 nodes, so srun starts all
+# 4 ranks (DP4) and the launcher takes each rank from Slurm; against 4 processes on one host
+# without Slurm. Shortened: 4 processes share the 2 cores here.
+PER_TASK_ARGS = ["--train-iters", "6", "--eval-interval", "6", "--save-interval", "6"]
+
+
+@pytest.fixture(scope="module")
+def four_processes_without_slurm(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("four") / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    env.update(PYTHON=sys.executable, CONFIG=CONFIG, DATA=corpus["dir"], OUT=str(out),
+               GPUS_PER_NODE="4", MASTER_PORT=str(free_port()), OMP_NUM_THREADS=THREADS)
+    proc = subprocess.run(["bash", LAUNCHER, *PER_TASK_ARGS], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return train_rows(out / "metrics.jsonl")
+
+
+def test_one_task_per_gpu_equals_one_host_without_slurm(cluster, corpus,
+                                                         four_processes_without_slurm, tmp_path):
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    env = job_env(cluster, corpus, out)
+    job = submit(env, log, "--wait", "--ntasks-per-node=2", args=PER_TASK_ARGS)
+    text = log.read_text()
+    assert job_field(env, job, "JobState") == "COMPLETED", text[-4000:]
+    assert "4 ranks started by srun" in text and "TP 1 PP 1 CP 1 DP 4" in text, text[-4000:]
+    assert "node 0/2" not in text  # no torchrun of the launcher's own
+    rows = train_rows(out / "metrics.jsonl")
+    assert sorted(rows) == list(range(1, 7)) == sorted(four_processes_without_slurm)
+    for it in rows:
+        for key in COMPARED:
+            assert rows[it][key] == four_processes_without_slurm[it][key], (it, key)
 
 
 # Megatron-LM's start-up (imports, dataset indices) dominates its run: four iterations, the last
