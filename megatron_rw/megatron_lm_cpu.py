@@ -17,7 +17,9 @@ and ``core_v0.19.0``:
 - ``initialize`` runs ``make`` in ``megatron/core/datasets`` to build the dataset helpers, and its
   Makefile names the module with ``python3-config --extension-suffix``: in a virtual environment
   that is another Python's ``python3-config`` (or none), so ``make`` builds (or looks for) a
-  module this interpreter never imports. We pass this interpreter's suffix as ``LIBEXT``;
+  module this interpreter never imports. We pass this interpreter's suffix as ``LIBEXT``, and
+  skip ``make`` where that module is built and up to date (megatron-core's wheels ship it, and
+  the machine may have no pybind11: the installed ``megatron.training`` then runs as is);
 - with tensor or context parallelism, argument validation asks for the GPU's architecture
   (``torch.cuda.get_device_properties``; stubbed by the CPU runtime) and requires
   ``CUDA_DEVICE_MAX_CONNECTIONS=1``, which means nothing on a CPU: set here unless already set.
@@ -94,9 +96,16 @@ def _compile_helpers_for_this_python() -> None:
         return
 
     def compile_helpers():
-        """Megatron's ``compile_helpers`` with this interpreter's extension suffix."""
+        """Megatron's ``compile_helpers`` with this interpreter's extension suffix; nothing to
+        do where the module is built already (megatron-core wheels ship it)."""
         folder = os.path.dirname(os.path.abspath(utils.__file__))
         suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        built, source = (os.path.join(folder, name) for name in ("helpers_cpp" + suffix,
+                                                                  "helpers.cpp"))
+        # make's own rule: up to date when the module is not older than helpers.cpp.
+        if os.path.isfile(built) and (not os.path.isfile(source)
+                                      or os.path.getmtime(built) >= os.path.getmtime(source)):
+            return
         command = ["make", "-C", folder, f"LIBEXT={suffix}",
                    # The Makefile asks `python3 -m pybind11`: ask this interpreter instead.
                    f"CPPFLAGS=$(shell {sys.executable} -m pybind11 --includes)"]
