@@ -290,3 +290,50 @@ def test_mtp_losses_stay_unweighted(megatron_lm):
     assert same == 0 and mtp > 0, (name, result["compare"])
     differing, decoder = result["compare"]["mtp: linupper vs unpatched decoder parameters"]
     assert decoder > 0 and differing == decoder
+
+
+# ---------------------------------------------------------------- the project's own script
+# megatron_rw/megatron_training/pretrain_gpt.py drives the megatron.training of the installed
+# megatron-core (no checkout); against Megatron-LM's own pretrain_gpt.py on that same
+# megatron-core (the newest fixture's scripts without its megatron/ folder).
+OWN_SCRIPT = os.path.join(REPO, "megatron_rw", "megatron_training")
+
+
+@pytest.fixture(scope="module")
+def own_script(tmp_path_factory):
+    training = pytest.importorskip("megatron.training.argument_utils",
+                                   reason="the installed megatron-core has no megatron.training "
+                                          "(0.17+) config container (0.19+)")
+    del training
+    if "core_v0.19.0" not in CHECKOUTS:
+        pytest.skip(HOW)
+    work = tmp_path_factory.mktemp("own")
+    scripts = work / "scripts"
+    scripts.mkdir()
+    for name in ("pretrain_gpt.py", "gpt_builders.py", "model_provider.py"):
+        shutil.copyfile(os.path.join(CHECKOUTS["core_v0.19.0"], name), scripts / name)
+    env = {"PYTHONPATH": f"{OWN_SCRIPT}:{scripts}:{REPO}", "PYTHONWARNINGS": "ignore"}
+    torchrun(WORKER, 2, ["--checkout", str(scripts), "--work", str(work), "--phase", "own"],
+             env=env)
+    return json.loads((work / "own.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dp2", "tp2", "pp2"])
+def test_own_script_through_the_patch_is_megatron_lms_script(own_script, layout):
+    """uniform through the patch with the project's script: every iteration's lm loss and grad
+    norm and every final parameter equal Megatron-LM's own pretrain_gpt.py, unpatched, on the
+    same installed megatron-core (dropout 0.1, 6 iterations)."""
+    assert own_script["script"] == os.path.join(OWN_SCRIPT, "pretrain_gpt.py")
+    for variant in ("unpatched", "uniform"):
+        run = own_script["runs"][f"{layout}/{variant}"]
+        assert run["stopped"] is None and len(run["iterations"]) == 6, run
+    assert own_script["compare"][f"{layout}: own uniform vs checkout"] == [0, 0], own_script
+
+
+@pytest.mark.slow
+def test_own_script_trains_linupper(own_script):
+    run = own_script["runs"]["dp2/linupper"]
+    assert run["stopped"] is None and len(run["iterations"]) == 6
+    ess = [r["loss"]["sample weight ess"] for r in run["iterations"]]
+    assert ess[:2] == [1.0, 1.0] and all(e < 1.0 for e in ess[2:])

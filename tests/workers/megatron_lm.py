@@ -22,6 +22,11 @@ Phases:
   runs record every rank's weights and per-sample losses (``weights_check``).
 - ``moe4`` (4 processes): MoE EP2 (alltoall) with pipeline parallelism 2 and DP2, unpatched,
   uniform and linupper.
+- ``own``: ``--checkout`` holds only a checkout's scripts (pretrain_gpt.py, gpt_builders.py,
+  model_provider.py), so the installed megatron-core runs them; ``pretrain_gpt`` imports as the
+  project's megatron_rw/megatron_training/pretrain_gpt.py (first on PYTHONPATH). For DP2, TP2 and
+  PP2 the checkout's script unpatched against the project's script through the patch with
+  ``uniform``; then the project's script with linupper.
 - ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
   ``--iters`` iterations, the unpatched ``pretrain_gpt.py`` and the patch with linupper (r = 0.4,
   no burn-in), alternating A B / B A; each run's median time per iteration.
@@ -468,6 +473,24 @@ def phase_workloads(checkout, workloads, result=None, params=None):
     return result
 
 
+def phase_own(checkout):
+    """Megatron-LM's own script and the project's, on the same installed megatron-core."""
+    result = {"runs": {}, "compare": {}}
+    params = {}
+    for layout in LAYOUTS:
+        for name, flags, patched in (("unpatched", [], False), ("uniform", UNIFORM, True)):
+            outcome, p = run(checkout, LAYOUTS[layout] + flags, patched)
+            result["runs"][f"{layout}/{name}"], params[f"{layout}/{name}"] = outcome, p
+        result["compare"][f"{layout}: own uniform vs checkout"] = summed(mismatches(
+            result["runs"][f"{layout}/uniform"], result["runs"][f"{layout}/unpatched"],
+            params[f"{layout}/uniform"], params[f"{layout}/unpatched"]))
+    result["runs"]["dp2/linupper"], _ = run(checkout, LINUPPER, True)
+    import pretrain_gpt
+
+    result["script"] = pretrain_gpt.__file__
+    return result
+
+
 def median_step_s(outcome, skip: int = 2) -> float:
     """Median wall time between consecutive ``training_log`` calls, the first ``skip`` left out
     (warm-up). The slower rank's value counts, as for a step."""
@@ -502,7 +525,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkout", required=True)
     parser.add_argument("--work", required=True)
-    parser.add_argument("--phase", choices=("kill", "main", "workloads", "moe4", "timing"),
+    parser.add_argument("--phase", choices=("kill", "main", "workloads", "moe4", "own", "timing"),
                         required=True)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--pairs", type=int, default=4, help="timing: pairs of runs per layout")
@@ -512,6 +535,8 @@ def main() -> int:
         phase_kill(a.checkout, a.work)
     if a.phase == "timing":
         result = phase_timing(a.checkout, a.layouts.split(","), a.pairs, a.iters)
+    elif a.phase == "own":
+        result = phase_own(a.checkout)
     elif a.phase in ("workloads", "moe4"):  # workloads: the part of main, alone (debugging)
         result = phase_workloads(a.checkout, MOE4 if a.phase == "moe4" else WORKLOADS)
     else:
