@@ -102,12 +102,19 @@ def test_plot_run_summarises_a_run(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
+@pytest.mark.parametrize("script", ["checkout", "own"])
+def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path, script):
     """MEGATRON_LM=checkout: the checkout's own pretrain_gpt.py through the patch, on CPU with
-    the CPU runtime and gloo, from the same config and prepared corpus."""
+    the CPU runtime and gloo, from the same config and prepared corpus. ``own``:
+    MEGATRON_LM=megatron_rw/megatron_training, the project's script for the installed
+    megatron-core's megatron.training (0.19+)."""
     from tests.test_megatron_lm import newest_prepared_copy
 
-    checkout = newest_prepared_copy(str(tmp_path / "checkout"))
+    if script == "own":
+        pytest.importorskip("megatron.training.argument_utils")
+        checkout = os.path.join(REPO, "megatron_rw", "megatron_training")
+    else:
+        checkout = newest_prepared_copy(str(tmp_path / "checkout"))
     out = tmp_path / "run"
     proc = launch(SHRINK, DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2",
                   MEGATRON_LM=checkout)

@@ -319,11 +319,11 @@ def own_script(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["dp2", "tp2", "pp2"])
+@pytest.mark.parametrize("layout", ["dp2", "tp2", "pp2", "ep2", "pp2-mtp"])
 def test_own_script_through_the_patch_is_megatron_lms_script(own_script, layout):
     """uniform through the patch with the project's script: every iteration's lm loss and grad
     norm and every final parameter equal Megatron-LM's own pretrain_gpt.py, unpatched, on the
-    same installed megatron-core (dropout 0.1, 6 iterations)."""
+    same installed megatron-core (dropout 0.1, 6 iterations; MoE EP2 alltoall; MTP on PP2)."""
     assert own_script["script"] == os.path.join(OWN_SCRIPT, "pretrain_gpt.py")
     for variant in ("unpatched", "uniform"):
         run = own_script["runs"][f"{layout}/{variant}"]

@@ -30,7 +30,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 from megatron.core.enums import ModelType
 from megatron.core.rerun_state_machine import get_rerun_state_machine
-from megatron.core.transformer.multi_token_prediction import mtp_on_this_rank
+from megatron.core.transformer.multi_token_prediction import get_mtp_ranks, mtp_on_this_rank
 from megatron.core.utils import get_batch_on_this_cp_rank, get_batch_on_this_tp_rank
 from megatron.training import get_args, pretrain
 from megatron.training.arguments import core_transformer_config_from_args
@@ -159,6 +159,19 @@ def train_valid_test_datasets_provider(num_samples, vp_stage=None):
                                          config).build()
 
 
+def embedding_ranks(pp_ranks):
+    """Ranks holding a copy of the word embeddings, whose gradients Megatron all-reduces: the
+    first stage, the last one unless the output layer is untied, and every stage with MTP
+    layers (they embed their shifted inputs)."""
+    args = get_args()
+    ranks = {pp_ranks[0]}
+    if len(pp_ranks) > 1:
+        if not args.untie_embeddings_and_output_weights:
+            ranks.add(pp_ranks[-1])
+        ranks.update(get_mtp_ranks(pp_ranks, core_transformer_config_from_args(args)))
+    return sorted(ranks)
+
+
 def refuse_unsupported(args) -> None:
     for name, flag in UNSUPPORTED.items():
         if getattr(args, name, None):
@@ -177,4 +190,5 @@ if __name__ == "__main__":
     args = parse_and_validate_args(args_defaults={"tokenizer_type": "GPT2BPETokenizer"})
     refuse_unsupported(args)
     pretrain(pretrain_cfg_container_from_args(args, gpt_config_from_args(args)),
-             train_valid_test_datasets_provider, ModelType.encoder_or_decoder, forward_step)
+             train_valid_test_datasets_provider, ModelType.encoder_or_decoder, forward_step,
+             get_embedding_ranks=embedding_ranks)

@@ -25,8 +25,8 @@ Phases:
 - ``own``: ``--checkout`` holds only a checkout's scripts (pretrain_gpt.py, gpt_builders.py,
   model_provider.py), so the installed megatron-core runs them; ``pretrain_gpt`` imports as the
   project's megatron_rw/megatron_training/pretrain_gpt.py (first on PYTHONPATH). For DP2, TP2 and
-  PP2 the checkout's script unpatched against the project's script through the patch with
-  ``uniform``; then the project's script with linupper.
+  PP2, MoE EP2 and MTP on PP2 the checkout's script unpatched against the project's script
+  through the patch with ``uniform``; then the project's script with linupper.
 - ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
   ``--iters`` iterations, the unpatched ``pretrain_gpt.py`` and the patch with linupper (r = 0.4,
   no burn-in), alternating A B / B A; each run's median time per iteration.
@@ -473,13 +473,19 @@ def phase_workloads(checkout, workloads, result=None, params=None):
     return result
 
 
+# The project's script against Megatron-LM's: the dense layouts, MoE EP2 and MTP on PP2 (its
+# embedding ranks include the MTP stage).
+OWN_LAYOUTS = {**LAYOUTS, "ep2": WORKLOADS["moe-alltoall"],
+               "pp2-mtp": MTP[:4] + LAYOUTS["pp2"]}
+
+
 def phase_own(checkout):
     """Megatron-LM's own script and the project's, on the same installed megatron-core."""
     result = {"runs": {}, "compare": {}}
     params = {}
-    for layout in LAYOUTS:
+    for layout, layout_flags in OWN_LAYOUTS.items():
         for name, flags, patched in (("unpatched", [], False), ("uniform", UNIFORM, True)):
-            outcome, p = run(checkout, LAYOUTS[layout] + flags, patched)
+            outcome, p = run(checkout, layout_flags + flags, patched)
             result["runs"][f"{layout}/{name}"], params[f"{layout}/{name}"] = outcome, p
         result["compare"][f"{layout}: own uniform vs checkout"] = summed(mismatches(
             result["runs"][f"{layout}/uniform"], result["runs"][f"{layout}/unpatched"],
