@@ -238,3 +238,30 @@ def test_schedule_plan_path_gets_the_checked_reweighted_loss():
     bad[1, 2] = float("nan")
     with pytest.raises(RuntimeError, match="found NaN"):
         loss_fn(bad)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["documents", "packed-documents"])
+def test_domains_have_one_id_per_original_row_with_documents(one_rank, packed):
+    """Per-domain shares with documents as units: the domain ids are one per original row
+    (then one per document of the row), unpacked or packed into one row."""
+    from megatron.core import utils
+
+    if packed and not hasattr(utils, "flatten_batch_for_packed_sequences"):
+        pytest.skip("this megatron-core does not flatten packed micro-batches (before 0.19)")
+    config = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=0, unit="document",
+                            max_documents=4)
+    packing = (rw_units.Packing(seq_length=SEQ, flag="--dataloader-inter-document-masking",
+                                zigzag_cp=True) if packed else None)
+    outputs = []
+    wrapped = rw.wrap_forward_step(
+        forward_step_019(packed), get_config=lambda: config, get_iteration=lambda: 5,
+        expected_loss_func=megatron_loss_func, get_packing=lambda: packing, get_eod=lambda: 2,
+        get_domains=lambda: ["books", "code"])
+    batch = dict(next(batches(1)), dataset_id=torch.tensor([1, 0, 1]))
+    output, loss_fn = wrapped(iter([batch]), outputs)
+    keywords = loss_fn.keywords["reweighted"].keywords
+    assert keywords["telemetry"].domain_ids.tolist() == [1, 0, 1]
+    _, _, report = loss_fn(output)
+    # Units are documents: row 1 (books) holds 1 of the micro-batch's 6 documents (CU).
+    assert report["sample share/books"].tolist() == [1.0, 6.0]
+    assert report["sample share/code"].tolist() == [5.0, 6.0]

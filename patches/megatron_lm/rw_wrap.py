@@ -208,7 +208,8 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                 eod=get_eod() if per_doc and packing[0] is None else None)
             if units is not None:
                 extra.update(units=units, num_units=num_units)
-                rows = num_units // per_row  # the original rows, also when packed
+            if packing[0] is not None:  # the original rows of the one packed row
+                rows = loss_mask.shape[0] * num_units // per_row
         if per_domain and loss_mask is not None:
             from rw_domains import row_domains
 
