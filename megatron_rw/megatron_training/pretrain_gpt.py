@@ -57,10 +57,12 @@ UNSUPPORTED = {
 def _reads_data(args, vp_stage: Optional[int]) -> Tuple[bool, bool]:
     """Whether this pipeline stage needs the batch (the first: tokens; the last: labels and loss
     mask; any stage holding MTP layers: labels), and whether it holds MTP layers."""
-    config = core_transformer_config_from_args(args)
-    mtp = mtp_on_this_rank(layout=config.pipeline_model_parallel_layout,
-                           mtp_num_layers=config.mtp_num_layers, ignore_virtual=False,
-                           vp_stage=vp_stage)
+    mtp = False
+    if args.mtp_num_layers:  # the layout needs the model config: built only when it matters
+        config = core_transformer_config_from_args(args)
+        mtp = mtp_on_this_rank(layout=config.pipeline_model_parallel_layout,
+                               mtp_num_layers=config.mtp_num_layers, ignore_virtual=False,
+                               vp_stage=vp_stage)
     first = mpu.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     last = mpu.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     return first or last or mtp, mtp
