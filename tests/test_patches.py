@@ -248,8 +248,9 @@ def test_wrapped_forward_step_reports_domains_while_training(monkeypatch):
     telemetry = keywords(wrapped, model)["telemetry"]
     assert telemetry.shares and telemetry.domain_names == ("books", "code")
     assert torch.equal(telemetry.domain_ids, ids) and drawn[0]["dataset_id"] is ids
-    model.eval()
-    assert "telemetry" not in keywords(wrapped, model)
+    model.eval()  # evaluation: Megatron's own partial, unchanged
+    evaluated = wrapped(batches, model)[1]
+    assert evaluated.func is megatron_loss_func and evaluated.args[0] is MASK
     model.train()
     assert torch.equal(keywords(wrapped, model)["telemetry"].domain_ids, ids)
     assert keywords(wrapped, model)["telemetry"].domain_ids.tolist() == [-1, -1]

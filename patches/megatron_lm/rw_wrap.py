@@ -166,6 +166,10 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
             called once). Packed micro-batches are weighed per original row (or document):
             ``loss_func`` then gets ``units=`` and ``num_units=`` (rw_units.py).
 
+    In evaluation (the model in eval mode, as Megatron-LM's ``evaluate`` sets it) the result of
+    ``forward_step`` is returned as it is, after the same contract check: validation losses are
+    Megatron-LM's own.
+
     Returns:
         A function returning ``(output, partial(megatron_checked_loss, loss_mask,
         reweighted=partial(loss_func, loss_mask, config=..., iteration=..., contract=...),
@@ -184,8 +188,17 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
             reweights = config[0].strategy != "uniform" or bool(config[0].preview)
             domains.extend(get_domains() if get_domains is not None and reweights else ())
             packing.append(get_packing() if get_packing is not None else None)
+        if not _training(args, kwargs):
+            # Evaluation: Megatron's own loss, bit for bit. Weights only shape gradients; a
+            # validation loss is the plain token mean, and the hook's gather is not needed.
+            result = forward_step(*args, **kwargs)
+            if not (isinstance(result, tuple) and len(result) == 2):
+                raise ContractError(f"forward_step returned {_describe(result)}, expected "
+                                    "(output_tensor, loss_func)")
+            loss_mask_of(result[1], expected_loss_func)
+            return result
         per_doc = getattr(config[0], "unit", "sample") == "document"
-        per_domain = bool(domains) and _training(args, kwargs)
+        per_domain = bool(domains)
         tap = None
         if per_doc or per_domain or packing[0] is not None:
             args, kwargs, tap = _tap_data_iterator(args, kwargs, BatchTap)
