@@ -316,8 +316,11 @@ def own_script(tmp_path_factory):
     for name in ("pretrain_gpt.py", "gpt_builders.py", "model_provider.py"):
         shutil.copyfile(os.path.join(CHECKOUTS["core_v0.19.0"], name), scripts / name)
     env = {"PYTHONPATH": f"{OWN_SCRIPT}:{scripts}:{REPO}", "PYTHONWARNINGS": "ignore"}
-    torchrun(WORKER, 2, ["--checkout", str(scripts), "--work", str(work), "--phase", "own"],
-             env=env)
+    args = ["--checkout", str(scripts), "--work", str(work)]
+    with pytest.raises(RuntimeError) as killed:
+        torchrun(WORKER, 2, args + ["--phase", "own-kill"], env=env)
+    assert "SIGKILL after the checkpoint of iteration 3" in str(killed.value), killed.value
+    torchrun(WORKER, 2, args + ["--phase", "own"], env=env)
     return json.loads((work / "own.json").read_text())
 
 
@@ -340,3 +343,32 @@ def test_own_script_trains_linupper(own_script):
     assert run["stopped"] is None and len(run["iterations"]) == 6
     ess = [r["loss"]["sample weight ess"] for r in run["iterations"]]
     assert ess[:2] == [1.0, 1.0] and all(e < 1.0 for e in ess[2:])
+
+
+@pytest.mark.slow
+def test_own_script_resumes_linupper_bitwise_after_sigkill(own_script):
+    """linupper DP2 with the project's script, SIGKILLed right after its checkpoint at
+    iteration 3 (Megatron's torch_dist), then --load: iterations 4-6 and the final parameters
+    are the uninterrupted run's, bit for bit."""
+    resumed = own_script["runs"]["dp2/linupper-resumed"]
+    assert [r["iteration"] for r in resumed["iterations"]] == [4, 5, 6], resumed
+    assert own_script["compare"]["dp2: linupper resumed vs uninterrupted"] == [0, 0], own_script
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run, saved_by", [("unpatched-from-linupper", "linupper"),
+                                           ("linupper-from-unpatched", "unpatched")])
+def test_own_script_checkpoints_are_megatrons(own_script, run, saved_by):
+    """A reweighted run's checkpoint continues in Megatron-LM's own, unpatched pretrain_gpt.py,
+    and an unpatched run's as a reweighted one (same megatron-core): iterations 4-6 train, and
+    the first one's lm loss is the saving run's iteration 4 lm loss (same parameters, same
+    data), bit for bit."""
+    runs = own_script["runs"]
+    continued = runs[f"dp2/{run}"]
+    assert continued["stopped"] is None, continued
+    assert [r["iteration"] for r in continued["iterations"]] == [4, 5, 6], continued
+    saver = runs[f"dp2/{saved_by}"]["iterations"][3]
+    assert saver["iteration"] == 4
+    assert continued["iterations"][0]["loss"]["lm loss"] == saver["loss"]["lm loss"]
+    if run == "linupper-from-unpatched":  # past its burn-in: reweighted from the first step
+        assert all(r["loss"]["sample weight ess"] < 1.0 for r in continued["iterations"])

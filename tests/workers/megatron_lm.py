@@ -384,9 +384,9 @@ def write_blend(work):
     return [*flags, "--split", "100,0,0"]
 
 
-def phase_kill(checkout, work):
+def phase_kill(checkout, work, strategy=UNIFORM, folder="ckpt"):
     training.save_checkpoint = _kill_after_save(training.save_checkpoint, SAVE_AT)
-    run(checkout, [*UNIFORM, "--save", os.path.join(work, "ckpt"), "--save-interval",
+    run(checkout, [*strategy, "--save", os.path.join(work, folder), "--save-interval",
                    str(SAVE_AT)], patched=True)
     raise SystemExit("the run was not killed after its checkpoint")
 
@@ -479,18 +479,42 @@ OWN_LAYOUTS = {**LAYOUTS, "ep2": WORKLOADS["moe-alltoall"],
                "pp2-mtp": MTP[:4] + LAYOUTS["pp2"]}
 
 
-def phase_own(checkout):
-    """Megatron-LM's own script and the project's, on the same installed megatron-core."""
+def phase_own(checkout, work):
+    """Megatron-LM's own script and the project's, on the same installed megatron-core; then
+    Megatron's checkpoints across the two (the ``own-kill`` phase left a linupper checkpoint
+    at iteration SAVE_AT, SIGKILLed right after it)."""
     result = {"runs": {}, "compare": {}}
     params = {}
+    compare = result["compare"]
+    save = ["--save-interval", str(SAVE_AT)]
     for layout, layout_flags in OWN_LAYOUTS.items():
         for name, flags, patched in (("unpatched", [], False), ("uniform", UNIFORM, True)):
+            if layout == "dp2" and name == "unpatched":  # a uniform checkpoint to continue from
+                flags = ["--save", os.path.join(work, "ckpt-unpatched"), *save]
             outcome, p = run(checkout, layout_flags + flags, patched)
             result["runs"][f"{layout}/{name}"], params[f"{layout}/{name}"] = outcome, p
-        result["compare"][f"{layout}: own uniform vs checkout"] = summed(mismatches(
+        compare[f"{layout}: own uniform vs checkout"] = summed(mismatches(
             result["runs"][f"{layout}/uniform"], result["runs"][f"{layout}/unpatched"],
             params[f"{layout}/uniform"], params[f"{layout}/unpatched"]))
-    result["runs"]["dp2/linupper"], _ = run(checkout, LINUPPER, True)
+    runs = result["runs"]
+    runs["dp2/linupper"], params["dp2/linupper"] = run(checkout, LINUPPER, True)
+    killed = os.path.join(work, "ckpt-linupper")
+    # SIGKILL after the save, then --load (the same flags, save included): iterations 4-6 and
+    # the final parameters are the uninterrupted run's.
+    runs["dp2/linupper-resumed"], params["dp2/linupper-resumed"] = run(
+        checkout, [*LINUPPER, "--load", killed, "--save", os.path.join(work, "ckpt-resumed"),
+                   *save], True)
+    tail = dict(runs["dp2/linupper"], iterations=runs["dp2/linupper"]["iterations"][SAVE_AT:])
+    compare["dp2: linupper resumed vs uninterrupted"] = summed(mismatches(
+        runs["dp2/linupper-resumed"], tail, params["dp2/linupper-resumed"],
+        params["dp2/linupper"]))
+    # Megatron-LM's own script continues the reweighted checkpoint, and the reweighted run an
+    # unpatched (uniform) one. The first step after the load sees the parameters and data of
+    # the run that saved, so its (unweighted) lm loss is that run's iteration 4 lm loss.
+    runs["dp2/unpatched-from-linupper"], _ = run(checkout, ["--load", killed], False)
+    runs["dp2/linupper-from-unpatched"], _ = run(
+        checkout, [*LINUPPER, "--load", os.path.join(work, "ckpt-unpatched"), "--ckpt-step",
+                   str(SAVE_AT)], True)  # it saved at 3 and at the end
     import pretrain_gpt
 
     result["script"] = pretrain_gpt.__file__
@@ -531,7 +555,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkout", required=True)
     parser.add_argument("--work", required=True)
-    parser.add_argument("--phase", choices=("kill", "main", "workloads", "moe4", "own", "timing"),
+    parser.add_argument("--phase", choices=("kill", "main", "workloads", "moe4", "own-kill",
+                                            "own", "timing"),
                         required=True)
     parser.add_argument("--layouts", default=",".join(LAYOUTS))
     parser.add_argument("--pairs", type=int, default=4, help="timing: pairs of runs per layout")
@@ -539,10 +564,12 @@ def main() -> int:
     a = parser.parse_args()
     if a.phase == "kill":
         phase_kill(a.checkout, a.work)
+    if a.phase == "own-kill":
+        phase_kill(a.checkout, a.work, LINUPPER, "ckpt-linupper")
     if a.phase == "timing":
         result = phase_timing(a.checkout, a.layouts.split(","), a.pairs, a.iters)
     elif a.phase == "own":
-        result = phase_own(a.checkout)
+        result = phase_own(a.checkout, a.work)
     elif a.phase in ("workloads", "moe4"):  # workloads: the part of main, alone (debugging)
         result = phase_workloads(a.checkout, MOE4 if a.phase == "moe4" else WORKLOADS)
     else:
