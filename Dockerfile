@@ -3,7 +3,8 @@
 #   docker run --gpus all --ipc=host --ulimit memlock=-1 --ulimit stack=67108864 \
 #       -v "$PWD/data:/workspace/megatron-rw/data" -v "$PWD/runs:/workspace/megatron-rw/runs" \
 #       megatron-rw --train-iters 2000
-#   Your own Megatron-LM checkout instead of megatron-rw's trainer (through patches/megatron_lm):
+#   That is Megatron's own training loop (megatron-core's megatron.training) with the reweighted
+#   loss. Your own Megatron-LM checkout's pretrain_gpt.py instead (through patches/megatron_lm):
 #       docker run ... -v /path/to/Megatron-LM:/megatron-lm -e MEGATRON_LM=/megatron-lm megatron-rw
 # BASE_IMAGE can be any image with Python >= 3.12 and torch >= 2.6 (megatron-core 0.19's
 # requirements). `make docker-test` builds this file on a local Debian base with PyPI's torch and
@@ -17,9 +18,11 @@ RUN python -c "import sys; assert sys.version_info >= (3, 12), sys.version"
 # numpy and packaging: megatron-core's other requirements, which NGC's image has and a plain
 # Python + torch base does not (pip leaves an installed numpy as it is).
 # pyyaml, psutil, six, regex, pydantic: a Megatron-LM checkout's megatron.training imports them;
-# pybind11 builds its dataset helpers.
+# pybind11 builds its dataset helpers; tensorboard: Megatron's --tensorboard-dir (the launcher
+# passes one; NGC's image has it).
 RUN pip install --no-cache-dir --no-deps megatron-core==0.19.2 sentencepiece==0.2.3 \
-    && pip install --no-cache-dir numpy "packaging>=24.2" pyyaml psutil six regex pydantic pybind11
+    && pip install --no-cache-dir numpy "packaging>=24.2" pyyaml psutil six regex pydantic pybind11 \
+        tensorboard
 
 WORKDIR /workspace/megatron-rw
 COPY pyproject.toml README.md LICENSE CHANGELOG.md ./

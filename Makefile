@@ -92,7 +92,7 @@ demo: $(STAMP)
 	rm -rf $(DEMO)
 	mkdir -p $(DEMO)
 	PYTHON=$(PY) DATA=data/small OUT=$(DEMO) GPUS_PER_NODE=2 CONFIG=examples/configs/tiny_cpu.sh \
-		bash examples/pretrain_gpt_rw.sh --log-sample-weights 2>&1 | tee $(DEMO)/train.log
+		bash examples/pretrain_gpt_rw.sh 2>&1 | tee $(DEMO)/train.log
 	$(PY) examples/plot_run.py $(DEMO)
 
 # Every number in docs/results.md sections 1-4 (section 5: `rw-eval` below). `bench`: about 15

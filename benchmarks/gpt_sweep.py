@@ -110,8 +110,10 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
     os.makedirs(out, exist_ok=True)
     # A free rendezvous port unless one is set: the launcher's default (6000) is often taken by
     # another job on a shared machine, and the run would die with EADDRINUSE.
+    # OLD_ENTRY_POINT: the runs committed under results/ came from python -m
+    # megatron_rw.pretrain_gpt (metrics.jsonl); a resumed sweep must train as they did.
     env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
-               GPUS_PER_NODE=str(getattr(run, "procs", 2)),
+               GPUS_PER_NODE=str(getattr(run, "procs", 2)), OLD_ENTRY_POINT="1",
                MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "a") as log:

@@ -217,7 +217,7 @@ def phase_quality(work: str, log_dir: str, timeout: float, corpus: str,
         run_dir = os.path.join(work, "quality", name)
         env = {"CONFIG": os.path.join(REPO, config), "DATA": os.path.abspath(corpus),
                "OUT": run_dir, "GPUS_PER_NODE": "1", "MASTER_PORT": str(free_port()),
-               "PYTHON": sys.executable}
+               "PYTHON": sys.executable, "OLD_ENTRY_POINT": "1"}  # reads metrics.jsonl
         left = (deadline - time.monotonic()) / (len(VARIANTS) - i)  # an equal share of what is left
         run = run_logged(["bash", "examples/pretrain_gpt_rw.sh", *flags,
                           "--sample-reweight-strategy", name],

@@ -1,71 +1,79 @@
-"""Summarise a pretrain_gpt run: per-domain validation table, weights by domain, one PNG.
+"""Summarise a reweighted Megatron run: per-domain validation table, weights by domain, one PNG.
 
     python examples/plot_run.py runs/demo [--out runs/demo/run.png]
 
-Reads what the run wrote next to its checkpoints: ``metrics.jsonl`` (every logged scalar) and,
-with ``--log-sample-weights``, ``sample_weights.jsonl`` (per-sample loss, normalised loss, weight
-and domain on logged iterations). Needs matplotlib.
+Reads what Megatron's training loop wrote to ``RUN_DIR/tensorboard`` (``--tensorboard-dir``;
+megatron_rw.run_log): the loss report of every step (``lm loss``, ``weighted lm loss``, the
+weights' ESS, maximum and minimum, each domain's ``sample share/<d>`` and ``sample weight
+share/<d>``), each validation set's ``lm loss`` (one per domain with ``--multiple-validation-sets``)
+and the run's arguments (the burn-in's length). A domain's mean weight over a stretch of steps
+is its share of the weight over its share of the samples (weights average 1 per step). Needs
+matplotlib and tensorboard.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-from collections import defaultdict
-from typing import Dict, List
+from typing import Dict, Optional
 
-TRAIN_LOSS, WEIGHTED, R = "train/lm loss", "train/weighted lm loss", "train/reweight r"
+from megatron_rw.run_log import Scalars, read_run, series, validation_sets
 
-
-def read_jsonl(path: str) -> List[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+LM, WEIGHTED = "lm loss", "weighted lm loss"
+ESS, W_MAX, W_MIN = "sample weight ess", "sample weight max", "sample weight min"
+SAMPLE_SHARE, WEIGHT_SHARE = "sample share/", "sample weight share/"
+WINDOW = 10  # steps per point of the per-domain mean-weight curves
 
 
-def series(rows: List[dict], key: str):
-    pts = [(r["iteration"], r[key]) for r in rows if key in r]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def domains_of(rows: List[dict], prefix: str, suffix: str = "") -> List[str]:
-    found = {k[len(prefix):len(k) - len(suffix)] for r in rows for k in r
-             if k.startswith(prefix) and k.endswith(suffix)}
-    return sorted(found - {"all"})
-
-
-def burn_in_end(rows: List[dict]):
-    """Last logged iteration still in burn-in (r = inf) before r turns finite: the burn-in's end
-    to within one log interval (exact when the burn-in is a multiple of it). None if the run
-    never reweighted; 0 if it had no burn-in."""
-    logged = [(r["iteration"], r[R]) for r in rows if R in r]
-    finite = [it for it, r in logged if math.isfinite(r)]
-    if not finite:
+def burn_in_end(args: Dict[str, str]) -> Optional[int]:
+    """Last iteration of the burn-in (uniform weights), None where the run never reweighted:
+    Megatron's iteration ``n`` is the step with ``curr_iteration = n - 1``, and steps with
+    ``curr_iteration < --sample-reweight-warmup-iters`` are the burn-in."""
+    if args.get("sample_reweight_strategy", "uniform") == "uniform":
         return None
-    before = [it for it, r in logged if not math.isfinite(r) and it < min(finite)]
-    return max(before) if before else 0
+    return int(args.get("sample_reweight_warmup_iters", "0"))
 
 
-def summary(rows: List[dict]) -> Dict[str, dict]:
-    """Per domain: first and last validation loss, and the mean weight and mean per-sample
-    training loss over the logged intervals after burn-in."""
-    start = burn_in_end(rows)
+def domains(scalars: Scalars) -> list:
+    return sorted({tag[len(WEIGHT_SHARE):] for row in scalars.values() for tag in row
+                   if tag.startswith(WEIGHT_SHARE)})
+
+
+def mean_weight(scalars: Scalars, domain: str, after: int, before: float = math.inf):
+    """A domain's mean weight over the steps in ``(after, before]``: its weight share over its
+    sample share, summed over those steps (None where it drew no sample)."""
+    rows = [r for it, r in scalars.items() if after < it <= before]
+    samples = sum(r.get(SAMPLE_SHARE + domain, 0.0) for r in rows)
+    weight = sum(r.get(WEIGHT_SHARE + domain, 0.0) for r in rows)
+    return weight / samples if samples > 0 else None
+
+
+def summary(scalars: Scalars, args: Dict[str, str]) -> Dict[str, dict]:
+    """Per validation set: its first and last ``lm loss``; per training domain also its share
+    of the samples and its mean weight after burn-in."""
+    start = burn_in_end(args)
+    trained = domains(scalars)
     out = {}
-    for d in domains_of(rows, "valid/", "/lm loss") + ["all"]:
-        its, vals = series(rows, f"valid/{d}/lm loss")
-        if not vals:
-            continue
-        entry = {"first_eval": (its[0], vals[0]), "last_eval": (its[-1], vals[-1])}
-        after = [r for r in rows if start is not None and r["iteration"] > start]
-        _, w = series(after, f"train/sample weight/{d}")
-        _, l = series(after, f"train/sample loss/{d}")
-        entry["mean_weight"] = sum(w) / len(w) if w else None
-        entry["mean_train_loss"] = sum(l) / len(l) if l else None
-        out[d] = entry
+    for name, tag in validation_sets(scalars).items():
+        its, vals = series(scalars, tag)
+        entry = {"first_eval": (its[0], vals[0]), "last_eval": (its[-1], vals[-1]),
+                 "sample_share": None, "mean_weight": None}
+        if name in trained:
+            _, shares = series(scalars, SAMPLE_SHARE + name)
+            entry["sample_share"] = sum(shares) / len(shares) if shares else None
+            if start is not None:
+                entry["mean_weight"] = mean_weight(scalars, name, start)
+        out[name or "validation"] = entry
+    if len(out) > 1:
+        firsts = [e["first_eval"][1] for e in out.values()]
+        lasts = [e["last_eval"][1] for e in out.values()]
+        any_entry = next(iter(out.values()))
+        out["mean of sets"] = {
+            "first_eval": (any_entry["first_eval"][0], sum(firsts) / len(firsts)),
+            "last_eval": (any_entry["last_eval"][0], sum(lasts) / len(lasts)),
+            "sample_share": None, "mean_weight": None}
     return out
 
 
@@ -73,66 +81,58 @@ def print_summary(table: Dict[str, dict]) -> None:
     first = next(iter(table.values()))
     i0, i1 = first["first_eval"][0], first["last_eval"][0]
     print(f"{'domain':14s} {'val loss @' + str(i0):>14s} {'val loss @' + str(i1):>14s}   "
-          f"after burn-in: {'train loss':>10s} {'mean weight':>11s}")
+          f"{'sample share':>12s} {'mean weight after burn-in':>26s}")
     for d, e in table.items():
-        l = "" if e["mean_train_loss"] is None else f"{e['mean_train_loss']:.3f}"
-        w = "" if e["mean_weight"] is None else f"{e['mean_weight']:.3f}"
+        share = "" if e["sample_share"] is None else f"{e['sample_share']:.3f}"
+        weight = "" if e["mean_weight"] is None else f"{e['mean_weight']:.3f}"
         print(f"{d:14s} {e['first_eval'][1]:14.3f} {e['last_eval'][1]:14.3f}   "
-              f"{'':14s} {l:>10s} {w:>11s}")
+              f"{share:>12s} {weight:>26s}")
 
 
-def plot(rows: List[dict], samples: List[dict], out: str) -> None:
+def plot(scalars: Scalars, args: Dict[str, str], out: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(2, 2, figsize=(12, 8.5))
-    start = burn_in_end(rows)
+    start = burn_in_end(args)
 
     a = ax[0, 0]
-    for key, label in ((TRAIN_LOSS, "lm loss (unweighted)"), (WEIGHTED, "weighted lm loss")):
-        a.plot(*series(rows, key), label=label)
+    for key, label in ((LM, "lm loss (unweighted)"), (WEIGHTED, "weighted lm loss")):
+        a.plot(*series(scalars, key), label=label, lw=0.9)
     a.set(title="training loss", xlabel="iteration", ylabel="loss")
+    a.legend(fontsize=8)
 
     b = ax[0, 1]
-    for d in domains_of(rows, "valid/", "/lm loss"):
-        b.plot(*series(rows, f"valid/{d}/lm loss"), marker="o", ms=3, label=d)
-    b.plot(*series(rows, "valid/all/lm loss"), "k--", lw=2, label="all (blend)")
+    for name, tag in validation_sets(scalars).items():
+        b.plot(*series(scalars, tag), marker="o", ms=3, label=name or "validation")
     b.set(title="validation loss per domain", xlabel="iteration", ylabel="lm loss")
     b.legend(fontsize=8, ncol=2)
 
     c = ax[1, 0]
-    names = domains_of(rows, "train/sample weight/")
-    # a logged iteration past the burn-in's end reweighted (its r was finite)
-    after = [s for s in samples if start is not None and math.isfinite(s["r"])]
-    by_domain = defaultdict(lambda: ([], []))
-    for s in after:
-        for i, ok in enumerate(s["valid"]):
-            if ok:
-                d = names[s["domain"][i]] if "domain" in s and s["domain"][i] < len(names) else "?"
-                by_domain[d][0].append(s["normalised"][i])
-                by_domain[d][1].append(s["weight"][i])
-    for d, (x, w) in sorted(by_domain.items()):
-        c.scatter(x, w, s=8, alpha=0.6, label=d)
+    for key, label in ((ESS, "ESS / N"), (W_MAX, "largest weight"), (W_MIN, "smallest weight")):
+        c.plot(*series(scalars, key), label=label, lw=0.9)
     c.axhline(1.0, color="k", lw=0.8, ls=":")
-    c.set(title="sample weight vs normalised loss (after burn-in)",
-          xlabel="normalised loss x in [-1, 1] (within its global micro-batch)", ylabel="weight")
-    if by_domain:
-        c.legend(fontsize=8, ncol=2, markerscale=2)
+    c.set(title="weights of each global micro-batch", xlabel="iteration",
+          ylabel="weight (mean 1) or ESS / N")
+    c.legend(fontsize=8)
 
     e = ax[1, 1]
-    for d in names:
-        e.plot(*series(rows, f"train/sample weight/{d}"), label=d)
+    last = max(scalars) if scalars else 0
+    ends = list(range(WINDOW, last + WINDOW, WINDOW))
+    for d in domains(scalars):
+        points = [(end, mean_weight(scalars, d, end - WINDOW, end)) for end in ends]
+        points = [(x, y) for x, y in points if y is not None]
+        e.plot([p[0] for p in points], [p[1] for p in points], label=d)
     e.axhline(1.0, color="k", lw=0.8, ls=":")
-    e.set(title="mean sample weight per domain (training)", xlabel="iteration",
+    e.set(title=f"mean sample weight per domain (per {WINDOW} steps)", xlabel="iteration",
           ylabel="mean weight (1 = uniform)")
-    if names:
+    if domains(scalars):
         e.legend(fontsize=8, ncol=2)
 
-    for panel in (ax[0, 0], ax[0, 1], ax[1, 1]):
+    for panel in ax.flat:
         if start is not None:
             panel.axvline(start, color="grey", lw=0.8, ls="--")
-    ax[0, 0].legend(fontsize=8)
     fig.suptitle("megatron-rw: " + os.path.basename(os.path.dirname(os.path.abspath(out))) +
                  ("" if start is None else f" (dashed line: burn-in ends at iteration {start})"))
     fig.tight_layout()
@@ -142,19 +142,19 @@ def plot(rows: List[dict], samples: List[dict], out: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="the run's --save directory (holds metrics.jsonl)")
+    p.add_argument("run_dir", help="the run's output directory (holds tensorboard/)")
     p.add_argument("--out", help="PNG path (default: RUN_DIR/run.png)")
     args = p.parse_args(argv)
-    rows = read_jsonl(os.path.join(args.run_dir, "metrics.jsonl"))
-    if not rows:
-        print(f"plot_run: error: no metrics in {args.run_dir}/metrics.jsonl", file=sys.stderr)
+    try:
+        scalars, run_args = read_run(os.path.join(args.run_dir, "tensorboard"))
+    except FileNotFoundError as e:
+        print(f"plot_run: error: {e}", file=sys.stderr)
         return 1
-    samples = read_jsonl(os.path.join(args.run_dir, "sample_weights.jsonl"))
-    table = summary(rows)
+    table = summary(scalars, run_args)
     if table:
         print_summary(table)
     out = args.out or os.path.join(args.run_dir, "run.png")
-    plot(rows, samples, out)
+    plot(scalars, run_args, out)
     print(f"wrote {out}")
     return 0
 

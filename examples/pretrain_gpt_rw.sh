@@ -17,10 +17,13 @@
 # torchrun runs its script with Python: this file is also a Python program (everything up to the
 # closing quotes below is one string to Python), which hands the file to bash.
 #
-# Without MEGATRON_LM it trains with megatron-rw's own entry point (python -m
-# megatron_rw.pretrain_gpt); with it, that checkout's unmodified pretrain_gpt.py through
-# patches/megatron_lm/pretrain_gpt_rw.py. The config's flags and the corpus's flags are
-# Megatron-LM's names, so the same CONFIG and DATA serve both.
+# It trains with Megatron's own training loop: without MEGATRON_LM, the megatron.training of the
+# installed megatron-core with megatron-rw's pretrain_gpt.py (megatron_rw/megatron_training),
+# where that megatron.training builds GPT models from its arguments (megatron-core 0.19; on 0.17
+# and 0.18 the older python -m megatron_rw.pretrain_gpt); with MEGATRON_LM, that checkout's
+# unmodified pretrain_gpt.py. Both run through patches/megatron_lm/pretrain_gpt_rw.py. The
+# config's flags and the corpus's flags are Megatron-LM's names, so the same CONFIG and DATA serve
+# both; with the project's script each domain of the corpus is also validated on its own.
 #
 # By hand or under examples/slurm/pretrain_gpt_rw.sbatch, run it once per node; under
 # examples/slurm/pretrain_gpt_rw_per_gpu.sbatch once per GPU. Flags given on the command line
@@ -39,13 +42,15 @@
 #   DATA           corpus from megatron_rw.data.prepare (its manifest gives tokenizer and blends)
 #                                              data/small; set DATA= to pass your own
 #                                              --data-path and --tokenizer-model flags instead
-#   OUT            checkpoints, metrics.jsonl, TensorBoard   runs/<config name>
+#   OUT            checkpoints and TensorBoard (OUT/tensorboard)   runs/<config name>
 #   PYTHON         interpreter with megatron-rw installed    python3
-#   MEGATRON_LM    a Megatron-LM checkout to train with      unset: megatron-rw's entry point
+#   MEGATRON_LM    a Megatron-LM checkout to train with      unset: the installed megatron-core's
+#   OLD_ENTRY_POINT=1  python -m megatron_rw.pretrain_gpt, being retired (the evaluation
+#                  benchmarks set it: their committed runs came from it)
 # With CUDA: NCCL and --bf16 (BF16=0 to train in fp32). Without: gloo and the CPU runtime, and
-# OMP_NUM_THREADS = cores / processes unless set; with MEGATRON_LM also megatron_rw.megatron_lm_cpu
-# (Megatron-LM's training loop on a CPU) and the flags it needs there (--transformer-impl local,
-# --distributed-backend gloo, ...).
+# OMP_NUM_THREADS = cores / processes unless set; with Megatron's loop also
+# megatron_rw.megatron_lm_cpu (that loop on a CPU) and the flags it needs there
+# (--transformer-impl local, --distributed-backend gloo, ...).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -111,19 +116,20 @@ source "$CONFIG"
 CONFIG_NAME="$(basename "$CONFIG" .sh)"
 OUT="${OUT:-runs/$CONFIG_NAME}"
 
-DATA_ARGS=()
-DATA="${DATA-data/small}"
-if [[ -n "$DATA" ]]; then
-    mapfile -t DATA_ARGS < <(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m megatron_rw.data.flags "$DATA")
-    [[ ${#DATA_ARGS[@]} -gt 0 ]] || exit 2  # the error is already printed
-fi
-
 PRECISION_ARGS=()
 if [[ "$HAS_CUDA" == 1 && "${BF16:-1}" == 1 ]]; then
     PRECISION_ARGS=(--bf16)
 fi
 
 PYPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+OWN_SCRIPT=0
+if [[ -z "${MEGATRON_LM:-}" && "${OLD_ENTRY_POINT:-0}" != 1 ]] \
+        && PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.megatron_loop own; then
+    # Megatron's own training loop from the installed megatron-core, driven by the project's
+    # pretrain_gpt.py (megatron_rw/megatron_training), run through the patch like a checkout.
+    MEGATRON_LM="$REPO/megatron_rw/megatron_training"
+    OWN_SCRIPT=1
+fi
 if [[ -n "${MEGATRON_LM:-}" ]]; then
     if [[ ! -f "$MEGATRON_LM/pretrain_gpt.py" ]]; then
         echo "pretrain_gpt_rw.sh: MEGATRON_LM=$MEGATRON_LM has no pretrain_gpt.py" >&2
@@ -140,9 +146,23 @@ if [[ -n "${MEGATRON_LM:-}" ]]; then
         PRECISION_ARGS+=("${CPU_ARGS[@]}")
     fi
     TRAINER_NAME="Megatron-LM $MEGATRON_LM"
+    [[ "$OWN_SCRIPT" == 0 ]] || TRAINER_NAME="Megatron's training loop (installed megatron.training)"
 else
     TRAINER=(-m megatron_rw.pretrain_gpt)
     TRAINER_NAME="megatron_rw.pretrain_gpt"
+fi
+
+DATA_ARGS=()
+DATA="${DATA-data/small}"
+if [[ -n "$DATA" ]]; then
+    # With the project's script Megatron's loop validates each domain as its own set
+    # (megatron_rw.pretrain_gpt does so from the weighted blend itself). A checkout's
+    # pretrain_gpt.py gets the weighted blend: its batches under --full-validation break with
+    # tensor or pipeline parallelism (see megatron_rw/megatron_training/pretrain_gpt.py).
+    PER_DOMAIN=()
+    [[ "$OWN_SCRIPT" == 0 ]] || PER_DOMAIN=(--per-domain-validation)
+    mapfile -t DATA_ARGS < <(PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.data.flags "$DATA" "${PER_DOMAIN[@]}")
+    [[ ${#DATA_ARGS[@]} -gt 0 ]] || exit 2  # the error is already printed
 fi
 
 ARGS=(

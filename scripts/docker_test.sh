@@ -13,8 +13,8 @@
 #   build    `docker build --build-arg BASE_IMAGE=<that base>` of the unmodified Dockerfile
 #   run      the image's entry point (examples/pretrain_gpt_rw.sh) on CPUs: a tiny corpus mounted
 #            as data/small, CONFIG=smoke_cpu, --train-iters $ITERS
-# The log must show every iteration with the reweighting keys, and the run's metrics.jsonl and
-# checkpoint must exist. Not covered: the NGC base (unreachable) and GPUs (none here).
+# The log must show every iteration (Megatron's log lines) with the reweighting keys, and the run's
+# TensorBoard events and Megatron checkpoint (torch_dist) must exist. Not covered: the NGC base (unreachable) and GPUs (none here).
 #
 # Environment: WORK (scratch, default a fresh dir under /tmp), STORAGE_DRIVER (overlay2; vfs
 # where the file system cannot host overlayfs: it copies the whole rootfs per layer), PYTHON
@@ -174,18 +174,20 @@ dk run --rm --network host --ipc=host \
 end run
 
 # What the run must show: every iteration logged with the reweighting keys, and its outputs.
-iter_lines=$(grep -cE '^ *iteration +[0-9]+/' "$WORK/run.log" || true)
-rw_lines=$(grep -E '^ *iteration +[0-9]+/' "$WORK/run.log" | grep -c 'weighted lm loss.*sample weight ess' || true)
+ITER_LINE=' iteration +[0-9]+/ +[0-9]+ \| consumed samples'
+iter_lines=$(grep -cE "$ITER_LINE" "$WORK/run.log" || true)
+rw_lines=$(grep -E "$ITER_LINE" "$WORK/run.log" | grep -c 'weighted lm loss.*sample weight ess' || true)
 (( iter_lines == ITERS && rw_lines == ITERS )) \
     || die "expected $ITERS iteration lines with the reweighting keys, got $iter_lines ($rw_lines)"
 [[ "$(cat "$WORK/runs/smoke_cpu/latest_checkpointed_iteration.txt")" == "$ITERS" ]] || die "no checkpoint"
-[[ -s "$WORK/runs/smoke_cpu/metrics.jsonl" ]] || die "no metrics.jsonl"
+[[ -f "$WORK/runs/smoke_cpu/iter_$(printf %07d "$ITERS")/metadata.json" ]] || die "no torch_dist checkpoint"
+compgen -G "$WORK/runs/smoke_cpu/tensorboard/events.out.tfevents.*" >/dev/null || die "no TensorBoard events"
 
 sizes_json=$(dk image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | "$PYTHON" -c '
 import json, sys
 print(json.dumps(dict(line.split(" ", 1) for line in sys.stdin.read().splitlines())))')
 used_json=$(du -sbx "$WORK/data-root" | cut -f1)
-last_line=$(grep -E '^ *iteration +[0-9]+/' "$WORK/run.log" | tail -n 1 | sed 's/"/\\"/g')
+last_line=$(grep -E "$ITER_LINE" "$WORK/run.log" | tail -n 1 | sed 's/"/\\"/g')
 "$PYTHON" - "$RESULTS" <<EOF
 import json, sys
 result = {

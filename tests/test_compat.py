@@ -71,3 +71,26 @@ def test_reweighting_gathers_over_every_rank_with_distinct_data_under_gtp(record
         pytest.skip("this megatron-core has no weight-sharded tensor parallelism (GTP)")
     for rec in records:
         assert rec["gtp"] == {"reweight_group": 4, "replicate_group": 2}, rec
+
+
+def test_reading_megatron_training_agrees_with_importing_it():
+    """megatron_rw.megatron_loop answers from the installed files without importing them; the
+    answers must be what importing megatron.training finds (each version of the range: 0.16.1
+    has no megatron.training, 0.17.1 neither feature, 0.18.2 set names, 0.19.x both)."""
+    import dataclasses
+    import importlib
+
+    from megatron_rw import megatron_loop
+
+    try:
+        utils = importlib.import_module("megatron.training.argument_utils")
+    except ImportError:
+        utils = None
+    try:
+        training = importlib.import_module("megatron.training.config.training_config")
+        names = any("validation_set_names" in {f.name for f in dataclasses.fields(c)}
+                    for c in vars(training).values() if dataclasses.is_dataclass(c))
+    except ImportError:
+        names = False
+    assert megatron_loop.builds_gpt_from_args() == hasattr(utils, "gpt_config_from_args")
+    assert megatron_loop.names_validation_sets() == names

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -12,6 +11,7 @@ import sys
 import pytest
 
 from megatron_rw.data.flags import data_flags
+from megatron_rw.run_log import read_run
 from tests.data.tiny_corpus import build_tiny_corpus
 from tests.workers.launch import REPO, free_port
 
@@ -37,27 +37,67 @@ def launch(args, **env):
 
 
 def iteration_lines(log):
-    return [l for l in log.splitlines() if l.lstrip().startswith("iteration ")]
+    """Megatron's training log lines: ``[date] iteration  n/  N | consumed samples: ...``."""
+    return [l for l in log.splitlines() if " iteration " in l and "consumed samples" in l]
 
 
-@pytest.mark.parametrize("extra, layout", [([], "TP 1 PP 1 CP 1 DP 2"),
-                                           (["--tensor-model-parallel-size", "2"], "TP 2 PP 1 CP 1 DP 1")])
-def test_launcher_trains_and_saves(corpus, tmp_path, extra, layout):
-    out = tmp_path / "run"
-    proc = launch([*SHRINK, *extra, "--log-sample-weights"], DATA=corpus["dir"], OUT=str(out),
-                  GPUS_PER_NODE="2")
+def scalars(out):
+    """``{iteration: {tag: value}}`` from the run's TensorBoard events (megatron_rw.run_log)."""
+    return read_run(str(out / "tensorboard"))[0]
+
+
+def run_and_check(args, out, **env):
+    """One run through the launcher: the log, after the checks every run must pass (the
+    config's reweighting flags arrived, Megatron's checkpoint layout and per-domain validation
+    sets)."""
+    proc = launch(args, OUT=str(out), **env)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
-    assert "2 processes, cpu/gloo, config tiny_cpu" in log
-    assert layout in log
     lines = iteration_lines(log)
     assert len(lines) == 3, log[-3000:]
+    assert all("weighted lm loss" in l and "sample weight ess" in l for l in lines)
     # the config's reweighting flags arrived (burn-in shortened from the command line)
-    assert "reweight r: inf" in lines[0] and "reweight r: 0.4" in lines[2]
-    assert "validation loss at iteration 3" in log and "alpha lm loss" in log
-    assert (out / "latest_checkpointed_iteration.txt").read_text() == "3"
-    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[-1]["iteration"] == 3 and "valid/beta/lm loss" in rows[-1]
+    assert "sample weight ess: 1.000000E+00" in lines[0]
+    assert "sample weight ess: 1.000000E+00" not in lines[2]
+    for domain in ("alpha", "beta"):
+        assert f"validation-{domain} loss at iteration 3" in log, log[-3000:]
+    # Megatron's checkpoint: iter_<7 digits>/ in torch_dist format (metadata.json, .distcp)
+    assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert (out / "iter_0000003" / "metadata.json").is_file()
+    return log
+
+
+@pytest.fixture(scope="module")
+def dp2_run(corpus, tmp_path_factory):
+    """The launcher's default on 2 processes (DP2), validated after every step: the reference
+    that the launch forms must reproduce and the run plot_run summarises. One thread per
+    process, as torchrun outside the launcher gives them."""
+    out = tmp_path_factory.mktemp("dp2") / "run"
+    log = run_and_check([*SHRINK, "--eval-interval", "1"], out, DATA=corpus["dir"],
+                        GPUS_PER_NODE="2", OMP_NUM_THREADS="1")
+    return out, log
+
+
+def test_launcher_trains_with_megatrons_loop_by_default(dp2_run):
+    """No MEGATRON_LM: Megatron's own loop from the installed megatron-core (the project's
+    pretrain_gpt.py through the patch); per-domain validation sets, TensorBoard."""
+    pytest.importorskip("megatron.training.argument_utils")
+    out, log = dp2_run
+    assert "2 processes, cpu/gloo, config tiny_cpu" in log
+    assert "trainer Megatron's training loop (installed megatron.training)" in log
+    assert "data-parallel size: 2" in log and "tensor-model-parallel size: 1" in log
+    rows = scalars(out)
+    assert {"lm loss validation-alpha", "lm loss validation-beta"} <= set(rows[3])
+    # validation is Megatron's own loss: no weights reported in evaluation
+    assert not any(t.startswith("weighted lm loss validation") for t in rows[3])
+    assert rows[3]["sample weight ess"] < 1.0 == rows[1]["sample weight ess"]
+
+
+def test_launcher_trains_tensor_parallel(corpus, tmp_path):
+    out = tmp_path / "run"
+    log = run_and_check([*SHRINK, "--tensor-model-parallel-size", "2"], out, DATA=corpus["dir"],
+                        GPUS_PER_NODE="2")
+    assert "data-parallel size: 1" in log and "tensor-model-parallel size: 2" in log
 
 
 def test_launcher_rejects_an_unprepared_corpus(tmp_path):
@@ -81,49 +121,50 @@ def test_data_flags_follow_a_moved_corpus(corpus, tmp_path):
     train = flags[flags.index("--train-data-path") + 1: flags.index("--valid-data-path")]
     assert train == ["1", str(moved / "megatron" / "alpha_train"),
                      "1", str(moved / "megatron" / "beta_train")]
+    # per-domain validation: the valid prefixes unweighted, Megatron's per-set evaluation
+    flags = data_flags(str(moved), per_domain_validation=True, set_names=True)
+    valid = flags[flags.index("--valid-data-path") + 1: flags.index("--multiple-validation-sets")]
+    assert valid == [str(moved / "megatron" / f"{d}_valid") for d in ("alpha", "beta")]
+    assert flags[-4:] == ["--full-validation", "--validation-set-names", "alpha", "beta"]
+    assert "--validation-set-names" not in data_flags(str(moved), True, set_names=False)
     os.remove(moved / "megatron" / "beta_valid.bin")
     with pytest.raises(FileNotFoundError, match="beta_valid.bin"):
         data_flags(str(moved))
 
 
-def test_plot_run_summarises_a_run(corpus, tmp_path):
-    out = tmp_path / "run"
-    proc = launch([*SHRINK, "--log-sample-weights", "--eval-interval", "1"], DATA=corpus["dir"],
-                  OUT=str(out))
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    plot = subprocess.run([sys.executable, os.path.join(REPO, "examples", "plot_run.py"), str(out)],
+def test_plot_run_summarises_a_run(dp2_run, tmp_path):
+    out, _ = dp2_run
+    png = tmp_path / "run.png"
+    plot = subprocess.run([sys.executable, os.path.join(REPO, "examples", "plot_run.py"),
+                           str(out), "--out", str(png)],
                           capture_output=True, text=True, check=True).stdout
-    table = {l.split()[0]: l.split()[1:] for l in plot.splitlines()[1:] if l and l[0] != "w"}
-    assert set(table) == {"alpha", "beta", "all"}
-    # validation at iterations 1 and 3; mean weights of both domains after the 1-step burn-in
-    assert "val loss @1" in plot and "val loss @3" in plot
-    assert len(table["alpha"]) == 4 and len(table["all"]) == 2  # val, val, train loss, weight
-    assert (out / "run.png").stat().st_size > 10_000
+    lines = plot.splitlines()
+    assert "val loss @1" in lines[0] and "val loss @3" in lines[0]
+    table = {l.split()[0]: l.split()[1:] for l in lines[1:] if l.startswith(("alpha", "beta"))}
+    # both domains: validation at iterations 1 and 3, share of the samples, mean weight after
+    # the 1-step burn-in
+    assert set(table) == {"alpha", "beta"} and all(len(v) == 4 for v in table.values())
+    shares = [float(v[2]) for v in table.values()]
+    assert abs(sum(shares) - 1.0) < 1e-3
+    assert any(l.startswith("mean of sets") for l in lines)
+    assert png.stat().st_size > 10_000
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["checkout", "own"])
-def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path, script):
+def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path):
     """MEGATRON_LM=checkout: the checkout's own pretrain_gpt.py through the patch, on CPU with
-    the CPU runtime and gloo, from the same config and prepared corpus. ``own``:
-    MEGATRON_LM=megatron_rw/megatron_training, the project's script for the installed
-    megatron-core's megatron.training (0.19+)."""
+    the CPU runtime and gloo, from the same config and prepared corpus."""
     from tests.test_megatron_lm import newest_prepared_copy
 
-    if script == "own":
-        pytest.importorskip("megatron.training.argument_utils")
-        checkout = os.path.join(REPO, "megatron_rw", "megatron_training")
-    else:
-        checkout = newest_prepared_copy(str(tmp_path / "checkout"))
+    checkout = newest_prepared_copy(str(tmp_path / "checkout"))
     out = tmp_path / "run"
     proc = launch(SHRINK, DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2",
                   MEGATRON_LM=checkout)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert f"cpu/gloo, config tiny_cpu, output {out}, trainer Megatron-LM {checkout}" in log
-    lines = [l for l in log.splitlines() if " iteration " in l and "consumed samples" in l]
+    lines = iteration_lines(log)
     assert len(lines) == 3, log[-3000:]
-    assert "validation loss at iteration 3" in log
     assert all("weighted lm loss" in l and "sample weight ess" in l for l in lines)
     assert "sample weight ess: 1.000000E+00" in lines[0]  # the 1-step burn-in
     assert "sample weight ess: 1.000000E+00" not in lines[2]
@@ -132,7 +173,7 @@ def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path, script):
     names = re.findall(r"sample weight share/(\S+):", lines[2])
     assert len(names) >= 2 and not any(n.endswith("_train") for n in names), lines[2]
     assert all(f"sample share/{n}:" in lines[2] for n in names)
-    validation = [l for l in log.splitlines() if "validation loss at iteration" in l]
+    validation = [l for l in log.splitlines() if "validation loss at iteration 3" in l]
     assert validation and not any("share/" in l for l in validation)
     assert (out / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     assert any((out / "tensorboard").iterdir())
@@ -141,23 +182,7 @@ def test_launcher_runs_a_megatron_lm_checkout(corpus, tmp_path, script):
 # ---------------------------------------------------------------- launch forms
 # The launcher's own torchrun is the reference; torchrun outside it (with and without
 # --no-python) must train the same run bit for bit. tests/test_slurm.py: srun, one task per GPU.
-COMPARED = ("train/lm loss", "train/weighted lm loss", "train/sample weight ess",
-            "train/grad norm", "train/learning rate")
-
-
-def metrics(out):
-    return {row["iteration"]: row for row in map(json.loads, (out / "metrics.jsonl")
-                                                  .read_text().splitlines())
-            if "train/lm loss" in row}
-
-
-@pytest.fixture(scope="module")
-def own_torchrun(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("own") / "run"
-    proc = launch(SHRINK, DATA=corpus["dir"], OUT=str(out), GPUS_PER_NODE="2",
-                  OMP_NUM_THREADS="1")
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return metrics(out)
+COMPARED = ("lm loss", "weighted lm loss", "sample weight ess", "grad-norm", "learning-rate")
 
 
 def outer_torchrun(torchrun_options, args, **env):
@@ -173,22 +198,23 @@ def outer_torchrun(torchrun_options, args, **env):
 
 
 @pytest.mark.parametrize("options", [["--no-python"], []], ids=["no-python", "plain"])
-def test_torchrun_outside_the_launcher_equals_its_own_torchrun(corpus, tmp_path, own_torchrun,
+def test_torchrun_outside_the_launcher_equals_its_own_torchrun(corpus, tmp_path, dp2_run,
                                                                options):
     """Each of torchrun's workers runs this rank's trainer directly (no nested torchrun); plain
     torchrun runs the script with Python, which hands it to bash."""
     out = tmp_path / "run"
-    proc = outer_torchrun(options, SHRINK, DATA=corpus["dir"], OUT=str(out))
+    proc = outer_torchrun(options, [*SHRINK, "--eval-interval", "1"], DATA=corpus["dir"],
+                          OUT=str(out))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "2 ranks started by torchrun, cpu/gloo, config tiny_cpu" in log, log[-3000:]
     assert log.count("pretrain_gpt_rw.sh:") == 1  # rank 0 alone says so, and no inner launcher
     assert "SyntaxError" not in log and "Traceback" not in log
-    rows = metrics(out)
-    assert sorted(rows) == sorted(own_torchrun) == [1, 2, 3]
+    rows, reference = scalars(out), scalars(dp2_run[0])
+    assert sorted(rows) == sorted(reference) == [1, 2, 3]
     for it, row in rows.items():
         for key in COMPARED:
-            assert row[key] == own_torchrun[it][key], (it, key)
+            assert row[key] == reference[it][key], (it, key)
 
 
 def test_python_on_the_launcher_is_bash_on_it(tmp_path):

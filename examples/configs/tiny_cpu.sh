@@ -10,7 +10,7 @@ TRAIN_ARGS=(
     --micro-batch-size 8 --global-batch-size 32 --train-iters 300
     --lr 3e-3 --min-lr 3e-4 --lr-decay-style cosine --lr-warmup-iters 30
     --weight-decay 0.1 --clip-grad 1.0 --adam-beta2 0.95 --seed 1234
-    --log-interval 10 --eval-interval 50 --eval-iters 4 --save-interval 100
+    --log-interval 10 --eval-interval 100 --eval-iters 4 --save-interval 100
 )
 # Burn-in and r scaled down with the run: 50 uniform steps (the paper: 1000 of ~20k), then
 # linupper at r = 0.4 (the paper's setting for linupper).

@@ -68,10 +68,11 @@ def _reads_data(args, vp_stage: Optional[int]) -> Tuple[bool, bool]:
     return first or last or mtp, mtp
 
 
-def get_batch(data_iterator, vp_stage: Optional[int] = None):
+def get_batch(data_iterator, vp_stage: Optional[int] = None, training: bool = True):
     """This rank's part of the next micro-batch: ``(tokens, labels, loss_mask, attention_mask,
     position_ids)``, each ``[b, s / cp]`` (None on stages that read no data). The first TP rank
-    draws it and broadcasts it over the TP group; then it is sliced for context parallelism."""
+    draws it and broadcasts it over the TP group; then it is sliced for context parallelism.
+    ``b`` is ``--micro-batch-size`` in training, ``--eval-micro-batch-size`` in evaluation."""
     args = get_args()
     needed, mtp = _reads_data(args, vp_stage)
     if not needed:
@@ -86,7 +87,8 @@ def get_batch(data_iterator, vp_stage: Optional[int] = None):
         broadcast_src_rank=mpu.get_tensor_model_parallel_src_rank(),
         broadcast_group=mpu.get_tensor_model_parallel_group(),
         cp_size=args.context_parallel_size, tp_rank=tp_rank,
-        micro_batch_size=args.micro_batch_size, seq_length=args.seq_length,
+        micro_batch_size=args.micro_batch_size if training else args.eval_micro_batch_size,
+        seq_length=args.seq_length,
         mtp_on_this_rank=mtp, pipeline_model_parallel_size=args.pipeline_model_parallel_size,
         is_pipeline_first_stage=mpu.is_pipeline_first_stage(),
         is_pipeline_last_stage=mpu.is_pipeline_last_stage())
@@ -127,7 +129,7 @@ def forward_step(data_iterator, model, return_schedule_plan: bool = False):
     from megatron.core.utils import get_attr_wrapped_model
 
     tokens, labels, loss_mask, attention_mask, position_ids = get_batch(
-        data_iterator, get_attr_wrapped_model(model, "vp_stage"))
+        data_iterator, get_attr_wrapped_model(model, "vp_stage"), training=model.training)
     output = model(tokens, position_ids, attention_mask, labels=labels, loss_mask=loss_mask)
     return output, partial(loss_func, loss_mask, model=model)
 
@@ -174,6 +176,18 @@ def embedding_ranks(pp_ranks):
     return sorted(ranks)
 
 
+def full_validation_batches(args) -> None:
+    """With ``--full-validation`` Megatron's sampler hands each data-parallel rank one sample
+    per micro-batch, one pass over the set. Evaluation then runs micro-batches of one sample,
+    one per data rank and step, so that the TP broadcast and the pipeline's tensor shapes
+    match what is drawn and every sample counts once (with the training batch sizes a TP rank
+    expects ``--micro-batch-size`` rows and the cyclic loader repeats samples)."""
+    if args.full_validation:
+        args.eval_micro_batch_size = 1
+        args.eval_global_batch_size = (args.data_parallel_size
+                                       * getattr(args, "gtp_weight_remat_size", 1))
+
+
 def refuse_unsupported(args) -> None:
     for name, flag in UNSUPPORTED.items():
         if getattr(args, name, None):
@@ -191,6 +205,7 @@ if __name__ == "__main__":
     train_valid_test_datasets_provider.is_distributed = True
     args = parse_and_validate_args(args_defaults={"tokenizer_type": "GPT2BPETokenizer"})
     refuse_unsupported(args)
+    full_validation_batches(args)
     pretrain(pretrain_cfg_container_from_args(args, gpt_config_from_args(args)),
              train_valid_test_datasets_provider, ModelType.encoder_or_decoder, forward_step,
              get_embedding_ranks=embedding_ranks)
