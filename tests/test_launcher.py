@@ -226,3 +226,60 @@ def test_python_on_the_launcher_is_bash_on_it(tmp_path):
                           timeout=60)
     assert proc.returncode == 2 and "does not exist" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- layouts from one checkpoint
+# Megatron seeds each pipeline stage's initialisation (and, without --use-cpu-initialization,
+# each tensor rank's) differently, so layouts start from different parameters. Started from one
+# checkpoint (torch_dist, resharded to each layout on load), a layout's first step sees the same
+# parameters and the same global batch as any other's. The weights are normalised over the
+# global micro-batch (a micro-batch from every data-parallel rank), so each layout gets the
+# micro-batch size that makes it 4 samples, the same 4 in every layout (Megatron's sampler hands
+# data rank r the r-th slice of each DP x b block): lm loss, weighted lm loss, ESS and grad norm
+# agree then (float summation order aside: measured up to 1.4e-6 relative). TP2 with sequence
+# parallelism and DP2 x CP2 run on the project's CPU layer spec.
+LAYOUTS = {"dp1": (1, ["--micro-batch-size", "4"]),
+           "dp2": (2, ["--micro-batch-size", "2"]),
+           "tp2": (2, ["--micro-batch-size", "4", "--tensor-model-parallel-size", "2"]),
+           "pp2": (2, ["--micro-batch-size", "4", "--pipeline-model-parallel-size", "2"]),
+           "tp2sp": (2, ["--micro-batch-size", "4", "--tensor-model-parallel-size", "2",
+                         "--sequence-parallel"]),
+           "dp2cp2": (4, ["--micro-batch-size", "2", "--context-parallel-size", "2"])}
+STEP = ["lm loss", "weighted lm loss", "sample weight ess", "grad-norm"]
+
+
+def train_only(corpus):
+    """The corpus's tokenizer and training blend, no validation (nothing to evaluate)."""
+    flags = data_flags(corpus["dir"])
+    return [*flags[:flags.index("--valid-data-path")], "--eval-iters", "0"]
+
+
+@pytest.fixture(scope="module")
+def start_checkpoint(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("start") / "run"
+    proc = launch([*SHRINK, *train_only(corpus), "--train-iters", "1", "--lr-warmup-iters", "0",
+                   "--save-interval", "1"],
+                  DATA="", OUT=str(out), GPUS_PER_NODE="1", OMP_NUM_THREADS="1")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_layouts_take_the_same_first_step_from_one_checkpoint(corpus, tmp_path,
+                                                              start_checkpoint):
+    steps = {}
+    for name, (procs, flags) in LAYOUTS.items():
+        out = tmp_path / name
+        proc = launch([*SHRINK, *train_only(corpus), *flags, "--train-iters", "2",
+                       "--lr-warmup-iters", "0",
+                       "--sample-reweight-warmup-iters", "0", "--load", str(start_checkpoint),
+                       "--no-load-optim", "--no-load-rng"],
+                      DATA="", OUT=str(out), GPUS_PER_NODE=str(procs), OMP_NUM_THREADS="1")
+        log = proc.stdout + proc.stderr
+        assert proc.returncode == 0, (name, log[-4000:])
+        assert "at iteration 1" in log and len(iteration_lines(log)) == 1, (name, log[-3000:])
+        steps[name] = scalars(out)[2]
+    assert steps["dp1"]["sample weight ess"] < 1.0  # reweighted
+    for name, row in steps.items():
+        for key in STEP:
+            assert row[key] == pytest.approx(steps["dp1"][key], rel=1e-5), (name, key, steps)

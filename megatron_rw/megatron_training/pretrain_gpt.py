@@ -13,6 +13,9 @@ which swaps the loss partial for the reweighted one exactly as for a checkout:
 (``python -m megatron_rw.megatron_lm_cpu patches/megatron_lm/pretrain_gpt_rw.py ...`` on a CPU.)
 Run alone it trains Megatron's unweighted loss.
 
+With ``--transformer-impl local`` (a CPU), context and sequence parallelism run on the project's
+layer spec (:func:`layer_spec_for_local_layouts`).
+
 Not here yet (a Megatron-LM checkout's ``pretrain_gpt.py`` has them; set ``MEGATRON_LM``):
 packed sequences (``--sft``, ``--dataloader-inter-document-masking``), FIM data, ModelOpt,
 offline distillation and the EP-overlap schedule plan; each refuses at start-up.
@@ -79,9 +82,11 @@ def get_batch(data_iterator, vp_stage: Optional[int] = None, training: bool = Tr
         return (None,) * len(FIELDS)
     tp_rank = mpu.get_tensor_model_parallel_rank()
     batch = next(data_iterator) if tp_rank == 0 else {}
+    # The batch fields only: a blend's samples also carry dataset_id ([b]), which the CP slicing
+    # below would try to cut along a sequence dimension it does not have.
     batch = get_batch_on_this_tp_rank(
         {k: (v.cuda(non_blocking=True) if isinstance(v, torch.Tensor) else v)
-         for k, v in batch.items()},
+         for k, v in batch.items() if k in FIELDS},
         has_cu_seqlens=False, is_hybrid_cp=False,
         create_attention_mask_in_dataloader=args.create_attention_mask_in_dataloader,
         broadcast_src_rank=mpu.get_tensor_model_parallel_src_rank(),
@@ -188,6 +193,29 @@ def full_validation_batches(args) -> None:
                                        * getattr(args, "gtp_weight_remat_size", 1))
 
 
+def layer_spec_for_local_layouts(args, model_config) -> None:
+    """Give ``--transformer-impl local`` the project's layer spec (megatron_rw/cpu_layers.py)
+    where Megatron's local spec cannot run the layout: context parallelism (its attention
+    asserts one CP rank) and sequence parallelism (its norms refuse it). The project's spec is
+    the local one with attention that all-gathers keys and values over the CP group and norms
+    that accept sequence parallelism: what runs CP and SP on a CPU, where Transformer Engine is
+    absent. Dense models without MTP only (the spec builds plain GPT layers); ``--spec`` wins."""
+    local = getattr(args, "transformer_impl", "local") == "local"
+    needs = args.context_parallel_size > 1 or args.sequence_parallel
+    if not (local and needs) or args.spec is not None:
+        return
+    if args.num_experts or args.mtp_num_layers:
+        raise SystemExit("megatron_rw/megatron_training/pretrain_gpt.py: context or sequence "
+                         "parallelism with --transformer-impl local runs dense models without "
+                         "MTP only (Transformer Engine runs the others)")
+    from megatron_rw.cpu_layers import cpu_gpt_block_spec
+
+    def block_spec(config, vp_stage=None):
+        return cpu_gpt_block_spec(config.transformer, vp_stage=vp_stage)
+
+    model_config.transformer_layer_spec = block_spec
+
+
 def refuse_unsupported(args) -> None:
     for name, flag in UNSUPPORTED.items():
         if getattr(args, name, None):
@@ -206,6 +234,8 @@ if __name__ == "__main__":
     args = parse_and_validate_args(args_defaults={"tokenizer_type": "GPT2BPETokenizer"})
     refuse_unsupported(args)
     full_validation_batches(args)
-    pretrain(pretrain_cfg_container_from_args(args, gpt_config_from_args(args)),
+    model_config = gpt_config_from_args(args)
+    layer_spec_for_local_layouts(args, model_config)
+    pretrain(pretrain_cfg_container_from_args(args, model_config),
              train_valid_test_datasets_provider, ModelType.encoder_or_decoder, forward_step,
              get_embedding_ranks=embedding_ranks)
