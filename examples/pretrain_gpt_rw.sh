@@ -18,10 +18,9 @@
 # closing quotes below is one string to Python), which hands the file to bash.
 #
 # It trains with Megatron's own training loop: without MEGATRON_LM, the megatron.training of the
-# installed megatron-core with megatron-rw's pretrain_gpt.py (megatron_rw/megatron_training),
-# where that megatron.training builds GPT models from its arguments (megatron-core 0.19; on 0.17
-# and 0.18 the older python -m megatron_rw.pretrain_gpt); with MEGATRON_LM, that checkout's
-# unmodified pretrain_gpt.py. Both run through patches/megatron_lm/pretrain_gpt_rw.py. The
+# installed megatron-core (0.17 on; 0.16.1's wheel has none: set MEGATRON_LM there) with
+# megatron-rw's pretrain_gpt.py (megatron_rw/megatron_training); with MEGATRON_LM, that
+# checkout's unmodified pretrain_gpt.py. Both run through patches/megatron_lm/pretrain_gpt_rw.py. The
 # config's flags and the corpus's flags are Megatron-LM's names, so the same CONFIG and DATA serve
 # both; with the project's script each domain of the corpus is also validated on its own.
 #
@@ -123,8 +122,11 @@ fi
 
 PYPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 OWN_SCRIPT=0
-if [[ -z "${MEGATRON_LM:-}" && "${OLD_ENTRY_POINT:-0}" != 1 ]] \
-        && PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.megatron_loop own; then
+if [[ -z "${MEGATRON_LM:-}" && "${OLD_ENTRY_POINT:-0}" != 1 ]]; then
+    if ! PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.megatron_loop own; then
+        echo "pretrain_gpt_rw.sh: $PYTHON has no megatron.training (megatron-core's wheels ship it from 0.17 on): install megatron-core >= 0.17, or set MEGATRON_LM=/path/to/Megatron-LM" >&2
+        exit 2
+    fi
     # Megatron's own training loop from the installed megatron-core, driven by the project's
     # pretrain_gpt.py (megatron_rw/megatron_training), run through the patch like a checkout.
     MEGATRON_LM="$REPO/megatron_rw/megatron_training"

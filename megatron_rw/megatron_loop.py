@@ -6,9 +6,8 @@ installed source, never a version string; this is the one place that reads them.
 
 - ``megatron.training`` ships in megatron-core's wheels from 0.17 on, and a Megatron-LM checkout
   on ``PYTHONPATH`` shadows it.
-- :func:`builds_gpt_from_args`: the model comes from the arguments' config container
-  (``argument_utils.gpt_config_from_args``, megatron-core 0.19), which is what
-  megatron_rw/megatron_training/pretrain_gpt.py needs.
+- :func:`has_training_loop`: ``megatron.training.training`` defines ``pretrain`` (megatron-core
+  0.17 on), which megatron_rw/megatron_training/pretrain_gpt.py drives.
 - :func:`names_validation_sets`: ``--validation-set-names`` exists (0.18 on), so per-set
   validation losses are logged as ``validation-<name>`` rather than ``validation-<index>``.
 
@@ -39,8 +38,8 @@ def _source(module: str) -> str:
     return ""
 
 
-def builds_gpt_from_args() -> bool:
-    return "def gpt_config_from_args" in _source("argument_utils")
+def has_training_loop() -> bool:
+    return "def pretrain(" in _source("training")
 
 
 def names_validation_sets() -> bool:
@@ -49,7 +48,7 @@ def names_validation_sets() -> bool:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    questions = {"own": builds_gpt_from_args, "names": names_validation_sets}
+    questions = {"own": has_training_loop, "names": names_validation_sets}
     if len(argv) != 1 or argv[0] not in questions:
         print(f"usage: python -m megatron_rw.megatron_loop {{{','.join(questions)}}}",
               file=sys.stderr)

@@ -76,21 +76,21 @@ def test_reweighting_gathers_over_every_rank_with_distinct_data_under_gtp(record
 def test_reading_megatron_training_agrees_with_importing_it():
     """megatron_rw.megatron_loop answers from the installed files without importing them; the
     answers must be what importing megatron.training finds (each version of the range: 0.16.1
-    has no megatron.training, 0.17.1 neither feature, 0.18.2 set names, 0.19.x both)."""
+    has no megatron.training, 0.17.1 a loop without set names, 0.18.2 and 0.19.x both)."""
     import dataclasses
     import importlib
 
     from megatron_rw import megatron_loop
 
     try:
-        utils = importlib.import_module("megatron.training.argument_utils")
+        training = importlib.import_module("megatron.training.training")
     except ImportError:
-        utils = None
+        training = None
     try:
-        training = importlib.import_module("megatron.training.config.training_config")
+        config = importlib.import_module("megatron.training.config.training_config")
         names = any("validation_set_names" in {f.name for f in dataclasses.fields(c)}
-                    for c in vars(training).values() if dataclasses.is_dataclass(c))
+                    for c in vars(config).values() if dataclasses.is_dataclass(c))
     except ImportError:
         names = False
-    assert megatron_loop.builds_gpt_from_args() == hasattr(utils, "gpt_config_from_args")
+    assert megatron_loop.has_training_loop() == callable(getattr(training, "pretrain", None))
     assert megatron_loop.names_validation_sets() == names

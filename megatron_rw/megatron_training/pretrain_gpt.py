@@ -1,11 +1,13 @@
 """A ``pretrain_gpt.py`` for the ``megatron.training`` that megatron-core's wheels ship.
 
-megatron-core 0.19's wheel carries Megatron-LM's training loop (``pretrain``, its argument parser,
-checkpointing, the rerun state machine) but not the ``pretrain_gpt.py`` that drives it. This file
-is the project's own script of that shape: a batch function, Megatron's plain loss with its
-checks, ``forward_step``, a GPT dataset provider and a main block that builds the model from
-Megatron's own config container. Run it the way a checkout's script is run, through the patch,
-which swaps the loss partial for the reweighted one exactly as for a checkout:
+megatron-core's wheels from 0.17 on carry Megatron-LM's training loop (``pretrain``, its argument
+parser, checkpointing, the rerun state machine) but not the ``pretrain_gpt.py`` that drives it.
+This file is the project's own script of that shape: a batch function, Megatron's plain loss with
+its checks, ``forward_step``, a GPT dataset provider and a main block that calls ``pretrain`` the
+way the installed release takes it (0.19: the model from Megatron's own config container; 0.17
+and 0.18: from gpt_model_provider.py, bitwise the same model on 0.19). Run it the way a
+checkout's script is run, through the patch, which swaps the loss partial for the reweighted one
+exactly as for a checkout:
 
     PYTHONPATH=$REPO/megatron_rw/megatron_training:$REPO torchrun --nproc-per-node 8 \\
         patches/megatron_lm/pretrain_gpt_rw.py <pretrain_gpt flags> --sample-reweight-strategy linupper
@@ -34,17 +36,29 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, Moc
 from megatron.core.enums import ModelType
 from megatron.core.rerun_state_machine import get_rerun_state_machine
 from megatron.core.transformer.multi_token_prediction import get_mtp_ranks, mtp_on_this_rank
-from megatron.core.utils import get_batch_on_this_cp_rank, get_batch_on_this_tp_rank
 from megatron.training import get_args, pretrain
 from megatron.training.arguments import core_transformer_config_from_args
 from megatron.training.utils import get_blend_and_blend_per_split
 
-try:  # megatron-core >= 0.19: the model comes from the args' config container
-    from megatron.training.argument_utils import (gpt_config_from_args,
-                                                  pretrain_cfg_container_from_args)
-    from megatron.training.arguments import parse_and_validate_args
-except ImportError:  # older wheels: their pretrain takes a model_provider this file lacks
-    parse_and_validate_args = None
+from megatron_rw.compat import slice_for_context_parallel
+from megatron_rw.megatron_training.tp_batch import batch_on_this_tp_rank
+
+# What the installed megatron.training's pretrain expects, by what it offers (the main block):
+# 0.19 builds the model from the arguments' config container; 0.18 parses in the caller and takes
+# a model_provider; 0.17 parses inside pretrain. The patch wraps parse_and_validate_args where
+# this module has it, so the name exists only where megatron.training does.
+try:
+    from megatron.training.arguments import parse_and_validate_args  # noqa: F401  (0.18+)
+except ImportError:
+    pass
+try:
+    from megatron.training.argument_utils import pretrain_cfg_container_from_args
+except ImportError:  # 0.17
+    pretrain_cfg_container_from_args = None
+try:
+    from megatron.training.argument_utils import gpt_config_from_args
+except ImportError:  # 0.17, 0.18
+    gpt_config_from_args = None
 
 # Batch fields in the order forward_step unpacks them.
 FIELDS = ("tokens", "labels", "loss_mask", "attention_mask", "position_ids")
@@ -75,30 +89,17 @@ def get_batch(data_iterator, vp_stage: Optional[int] = None, training: bool = Tr
     """This rank's part of the next micro-batch: ``(tokens, labels, loss_mask, attention_mask,
     position_ids)``, each ``[b, s / cp]`` (None on stages that read no data). The first TP rank
     draws it and broadcasts it over the TP group; then it is sliced for context parallelism.
-    ``b`` is ``--micro-batch-size`` in training, ``--eval-micro-batch-size`` in evaluation."""
+    ``b`` is ``--micro-batch-size`` in training, ``--eval-micro-batch-size`` in evaluation
+    (where megatron.training has it, 0.18 on)."""
     args = get_args()
     needed, mtp = _reads_data(args, vp_stage)
     if not needed:
         return (None,) * len(FIELDS)
-    tp_rank = mpu.get_tensor_model_parallel_rank()
-    batch = next(data_iterator) if tp_rank == 0 else {}
-    # The batch fields only: a blend's samples also carry dataset_id ([b]), which the CP slicing
-    # below would try to cut along a sequence dimension it does not have.
-    batch = get_batch_on_this_tp_rank(
-        {k: (v.cuda(non_blocking=True) if isinstance(v, torch.Tensor) else v)
-         for k, v in batch.items() if k in FIELDS},
-        has_cu_seqlens=False, is_hybrid_cp=False,
-        create_attention_mask_in_dataloader=args.create_attention_mask_in_dataloader,
-        broadcast_src_rank=mpu.get_tensor_model_parallel_src_rank(),
-        broadcast_group=mpu.get_tensor_model_parallel_group(),
-        cp_size=args.context_parallel_size, tp_rank=tp_rank,
-        micro_batch_size=args.micro_batch_size if training else args.eval_micro_batch_size,
-        seq_length=args.seq_length,
-        mtp_on_this_rank=mtp, pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        is_pipeline_first_stage=mpu.is_pipeline_first_stage(),
-        is_pipeline_last_stage=mpu.is_pipeline_last_stage())
-    batch = get_batch_on_this_cp_rank(batch, is_hybrid_cp=False,
-                                      cp_group=mpu.get_context_parallel_group())
+    batch = batch_on_this_tp_rank(
+        data_iterator, FIELDS, args, mtp=mtp,
+        micro_batch_size=(args.micro_batch_size if training
+                          else getattr(args, "eval_micro_batch_size", args.micro_batch_size)))
+    batch = slice_for_context_parallel(batch, mpu.get_context_parallel_group())
     return tuple(batch.get(k) for k in FIELDS)
 
 
@@ -186,8 +187,10 @@ def full_validation_batches(args) -> None:
     per micro-batch, one pass over the set. Evaluation then runs micro-batches of one sample,
     one per data rank and step, so that the TP broadcast and the pipeline's tensor shapes
     match what is drawn and every sample counts once (with the training batch sizes a TP rank
-    expects ``--micro-batch-size`` rows and the cyclic loader repeats samples)."""
-    if args.full_validation:
+    expects ``--micro-batch-size`` rows and the cyclic loader repeats samples). megatron-core
+    0.17 has no evaluation batch sizes: its full validation draws training-sized micro-batches,
+    left as they are."""
+    if args.full_validation and hasattr(args, "eval_micro_batch_size"):
         args.eval_micro_batch_size = 1
         args.eval_global_batch_size = (args.data_parallel_size
                                        * getattr(args, "gtp_weight_remat_size", 1))
@@ -216,6 +219,16 @@ def layer_spec_for_local_layouts(args, model_config) -> None:
     model_config.transformer_layer_spec = block_spec
 
 
+def after_parse(args) -> None:
+    """What this script decides once the flags are parsed (once per run): refusals, the
+    evaluation batch sizes under full validation."""
+    if getattr(args, "_megatron_rw_parsed", False):
+        return
+    refuse_unsupported(args)
+    full_validation_batches(args)
+    args._megatron_rw_parsed = True
+
+
 def refuse_unsupported(args) -> None:
     for name, flag in UNSUPPORTED.items():
         if getattr(args, name, None):
@@ -225,17 +238,24 @@ def refuse_unsupported(args) -> None:
 
 
 if __name__ == "__main__":
-    if parse_and_validate_args is None:
-        raise SystemExit("megatron_rw/megatron_training/pretrain_gpt.py needs the "
-                         "megatron.training of megatron-core >= 0.19; with an older one set "
-                         "MEGATRON_LM=/path/to/Megatron-LM")
     # The datasets are built on the ranks that read data and broadcast by Megatron's loader.
     train_valid_test_datasets_provider.is_distributed = True
-    args = parse_and_validate_args(args_defaults={"tokenizer_type": "GPT2BPETokenizer"})
-    refuse_unsupported(args)
-    full_validation_batches(args)
-    model_config = gpt_config_from_args(args)
-    layer_spec_for_local_layouts(args, model_config)
-    pretrain(pretrain_cfg_container_from_args(args, model_config),
-             train_valid_test_datasets_provider, ModelType.encoder_or_decoder, forward_step,
-             get_embedding_ranks=embedding_ranks)
+    defaults = {"tokenizer_type": "GPT2BPETokenizer"}
+    common = dict(get_embedding_ranks=embedding_ranks)
+    if "parse_and_validate_args" not in globals():  # 0.17: pretrain parses the flags
+        from megatron_rw.megatron_training.gpt_model_provider import model_provider
+        pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder,
+                 forward_step, args_defaults=defaults, **common)
+    else:
+        args = parse_and_validate_args(args_defaults=defaults)
+        after_parse(args)
+        if gpt_config_from_args is not None:  # 0.19: the model from the config container
+            model_config = gpt_config_from_args(args)
+            layer_spec_for_local_layouts(args, model_config)
+            pretrain(pretrain_cfg_container_from_args(args, model_config),
+                     train_valid_test_datasets_provider, ModelType.encoder_or_decoder,
+                     forward_step, **common)
+        else:  # 0.18
+            from megatron_rw.megatron_training.gpt_model_provider import model_provider
+            pretrain(pretrain_cfg_container_from_args(args), train_valid_test_datasets_provider,
+                     model_provider, ModelType.encoder_or_decoder, forward_step, **common)
