@@ -24,6 +24,12 @@ RUN pip install --no-cache-dir --no-deps megatron-core==0.19.2 sentencepiece==0.
     && pip install --no-cache-dir numpy "packaging>=24.2" pyyaml psutil six regex pydantic pybind11 \
         tensorboard
 
+# Megatron's training loop warms up its fused kernels with torch.compile, which on a CPU needs a
+# C++ compiler and openssl (inductor hashes its precompiled header with it; the compiler also
+# builds the dataset helpers where a wheel lacks them). NGC's image has both, a plain Debian base
+# neither.
+RUN (command -v g++ && command -v openssl) >/dev/null || (apt-get update \
+    && apt-get install -y --no-install-recommends g++ openssl && rm -rf /var/lib/apt/lists/*)
 WORKDIR /workspace/megatron-rw
 COPY pyproject.toml README.md LICENSE CHANGELOG.md ./
 COPY megatron_rw ./megatron_rw
