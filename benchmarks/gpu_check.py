@@ -51,7 +51,8 @@ RESERVE_S = 10  # kept back for the plot and the last write
 QUALITY_WARMUP = 40
 QUALITY_FLAGS = ["--train-iters", "200", "--micro-batch-size", "8", "--global-batch-size", "16",
                  "--lr-warmup-iters", "20", "--log-interval", "5", "--eval-interval", "50",
-                 "--eval-iters", "4", "--save-interval", "200", "--sample-reweight-r", "0.4",
+                 "--eval-iters", "4", "--save-interval", "200", "--log-timers-to-tensorboard",
+                 "--sample-reweight-r", "0.4",
                  "--sample-reweight-warmup-iters", str(QUALITY_WARMUP)]
 VARIANTS = ("uniform", "linupper")
 
@@ -205,6 +206,7 @@ def phase_overhead(work: str, log_dir: str, timeout: float, extra: list = ()) ->
 def phase_quality(work: str, log_dir: str, timeout: float, corpus: str,
                   config: str = "examples/configs/gpt_125m.sh", flags: list = QUALITY_FLAGS,
                   warmup_iters: int = QUALITY_WARMUP) -> dict:
+    from megatron_rw.run_log import read_run
     from tests.workers.launch import free_port
 
     out = {"config": config, "flags": list(flags), "corpus": corpus, "runs": {}, "curves": {}}
@@ -217,16 +219,19 @@ def phase_quality(work: str, log_dir: str, timeout: float, corpus: str,
         run_dir = os.path.join(work, "quality", name)
         env = {"CONFIG": os.path.join(REPO, config), "DATA": os.path.abspath(corpus),
                "OUT": run_dir, "GPUS_PER_NODE": "1", "MASTER_PORT": str(free_port()),
-               "PYTHON": sys.executable, "OLD_ENTRY_POINT": "1"}  # reads metrics.jsonl
+               "PYTHON": sys.executable}
         left = (deadline - time.monotonic()) / (len(VARIANTS) - i)  # an equal share of what is left
         run = run_logged(["bash", "examples/pretrain_gpt_rw.sh", *flags,
                           "--sample-reweight-strategy", name],
                          os.path.join(log_dir, f"quality_{name}.log"), left, env)
-        metrics = os.path.join(run_dir, "metrics.jsonl")
         out["runs"][name] = {k: v for k, v in run.items() if k != "log_tail" or run["rc"] != 0}
-        if run["rc"] != 0 or not os.path.exists(metrics):
+        try:
+            scalars = read_run(os.path.join(run_dir, "tensorboard"))[0] if run["rc"] == 0 else None
+        except FileNotFoundError as e:
+            out["runs"][name]["why"], scalars = str(e), None
+        if not scalars:
             return {"status": "failed", **out}
-        out["curves"][name] = R.curves(R.read_metrics(metrics))
+        out["curves"][name] = R.curves(scalars)
     out["summary"] = R.summarise_quality(out["curves"], warmup_iters)
     return {"status": "passed", **out}
 

@@ -10,10 +10,11 @@ import statistics
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Optional
 
-# What the quality phase compares, from the entry point's metrics.jsonl.
-TRAIN_LOSS = "train/lm loss"
-VALID_ALL = "valid/all/lm loss"
+from megatron_rw.run_log import Scalars, validation_sets
+
 MESSAGE_CHARS = 1500  # of each failure kept in the results file
+STEP_KEYS = ("lm loss", "weighted lm loss", "sample weight ess")
+SAMPLE_SHARE, WEIGHT_SHARE = "sample share/", "sample weight share/"
 
 
 def parse_junit(path: str) -> dict:
@@ -42,40 +43,46 @@ def parse_junit(path: str) -> dict:
     return {**counts, "cases": cases, "failures": failures}
 
 
-def read_metrics(path: str) -> List[dict]:
-    """The entry point's metrics.jsonl (one JSON object per logged iteration or evaluation)."""
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def curves(rows: List[dict]) -> dict:
-    """Loss curves and the reweighting's own statistics from metrics rows.
+def curves(scalars: Scalars) -> dict:
+    """Loss curves and the reweighting's own statistics from what a run of Megatron's loop wrote
+    to TensorBoard (``megatron_rw.run_log.read_run``'s scalars).
 
     Returns:
         ``{"train": {"iteration": [...], "lm loss": [...], "weighted lm loss": [...],
         "sample weight ess": [...], "iteration time (ms)": [...]}, "valid": {"iteration": [...],
         "<set>": [...]}, "domain_weight": {"<domain>": [...]}}`` (train lists aligned on
-        ``train.iteration``; a key missing from a row gives NaN).
+        ``train.iteration``; a value missing at an iteration is NaN). A domain's weight at a
+        step is its share of the weight over its share of the samples (NaN without a sample).
     """
-    train = [r for r in rows if TRAIN_LOSS in r]
-    valid = [r for r in rows if VALID_ALL in r]
-    keys = ("lm loss", "weighted lm loss", "sample weight ess", "reweight r",
-            "iteration time (ms)")
-    out = {"train": {"iteration": [r["iteration"] for r in train]}, "valid": {}, "domain_weight": {}}
-    for k in keys:
-        out["train"][k] = [r.get("train/" + k, math.nan) for r in train]
-    out["valid"]["iteration"] = [r["iteration"] for r in valid]
-    for name in sorted({k.split("/")[1] for r in valid for k in r if k.startswith("valid/")}):
-        out["valid"][name] = [r.get(f"valid/{name}/lm loss", math.nan) for r in valid]
-    prefix = "train/sample weight/"
-    for name in sorted({k[len(prefix):] for r in train for k in r if k.startswith(prefix)}):
-        out["domain_weight"][name] = [r.get(prefix + name, math.nan) for r in train]
+    steps = [it for it, row in scalars.items() if "lm loss" in row]
+    out = {"train": {"iteration": steps}, "valid": {}, "domain_weight": {}}
+    for key in STEP_KEYS:
+        out["train"][key] = [scalars[it].get(key, math.nan) for it in steps]
+    # Megatron's iteration-time (--log-timers-to-tensorboard) is in seconds
+    out["train"]["iteration time (ms)"] = [scalars[it].get("iteration-time", math.nan) * 1e3
+                                           for it in steps]
+    sets = validation_sets(scalars)
+    evaluated = [it for it, row in scalars.items() if any(t in row for t in sets.values())]
+    out["valid"]["iteration"] = evaluated
+    for name, tag in sets.items():
+        out["valid"][name or "validation"] = [scalars[it].get(tag, math.nan) for it in evaluated]
+    domains = sorted({t[len(WEIGHT_SHARE):] for it in steps for t in scalars[it]
+                      if t.startswith(WEIGHT_SHARE)})
+    for d in domains:
+        out["domain_weight"][d] = [
+            scalars[it].get(WEIGHT_SHARE + d, math.nan) / scalars[it][SAMPLE_SHARE + d]
+            if scalars[it].get(SAMPLE_SHARE + d) else math.nan for it in steps]
     return out
 
 
 def _finite_mean(values) -> float:
     values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     return statistics.fmean(values) if values else math.nan
+
+
+def _finite_median(values) -> float:
+    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return statistics.median(values) if values else math.nan
 
 
 def summarise_quality(runs: Dict[str, dict], warmup_iters: int, last: int = 5) -> dict:
@@ -95,8 +102,7 @@ def summarise_quality(runs: Dict[str, dict], warmup_iters: int, last: int = 5) -
             f"train_lm_loss_last{last}_logs": _finite_mean(t["lm loss"][-last:]),
             "final_valid_lm_loss": {k: vals[-1] for k, vals in v.items()
                                     if k != "iteration" and vals},
-            "median_iteration_ms": (statistics.median(t["iteration time (ms)"][1:])
-                                    if len(t["iteration time (ms)"]) > 1 else math.nan),
+            "median_iteration_ms": _finite_median(t["iteration time (ms)"]),
             "mean_ess_after_burn_in": _finite_mean([t["sample weight ess"][i] for i in live]),
             "mean_domain_weight_after_burn_in": {
                 d: _finite_mean([w[i] for i in live]) for d, w in c["domain_weight"].items()},
@@ -124,9 +130,13 @@ def plot_losses(runs: Dict[str, dict], path: str, title: str,
     fig, (ax_t, ax_v) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for name, c in runs.items():
         ax_t.plot(c["train"]["iteration"], c["train"]["lm loss"], label=name, lw=1.2)
-        if c["valid"].get("all"):
-            ax_v.plot(c["valid"]["iteration"], c["valid"]["all"], marker="o", label=name)
-    for ax, what in ((ax_t, "train lm loss (unweighted)"), (ax_v, "validation lm loss (all)")):
+        # the mean over the validation sets (one per domain), per evaluation
+        sets = [v for k, v in c["valid"].items() if k != "iteration"]
+        if sets:
+            mean = [statistics.fmean(vals) for vals in zip(*sets)]
+            ax_v.plot(c["valid"]["iteration"], mean, marker="o", label=name)
+    for ax, what in ((ax_t, "train lm loss (unweighted)"),
+                     (ax_v, "validation lm loss (mean of sets)")):
         if warmup_iters:
             ax.axvline(warmup_iters, color="grey", ls=":", lw=1, label="end of burn-in")
         ax.set_xlabel("iteration")
@@ -194,6 +204,6 @@ def phase_line(phase: dict) -> str:
     if "summary" in phase:
         parts = []
         for name, s in phase["summary"].items():
-            parts.append(f"{name} valid {s['final_valid_lm_loss'].get('all', math.nan):.4f}")
-        return "final validation loss: " + ", ".join(parts)
+            parts.append(f"{name} valid {_finite_mean(s['final_valid_lm_loss'].values()):.4f}")
+        return "final validation loss (mean of sets): " + ", ".join(parts)
     return status

@@ -24,21 +24,26 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 </testsuite></testsuites>"""
 
 
-def metrics_rows(shift=0.0, iters=(5, 10, 15, 20), warmup=10):
-    rows = []
+def run_scalars(shift=0.0, iters=(5, 10, 15, 20), warmup=10):
+    """What a run of Megatron's loop leaves in TensorBoard (megatron_rw.run_log's shape): step
+    keys every 5 iterations, two validation sets every 10."""
+    scalars = {}
     for it in iters:
         live = it > warmup
-        rows.append({"iteration": it, "train/lm loss": 8.0 - 0.1 * it + shift,
-                     "train/weighted lm loss": 8.0 - 0.1 * it + shift + 0.05 * live,
-                     "train/sample weight ess": 0.9 if live else 1.0,
-                     "train/reweight r": 0.4 if live else math.inf,
-                     "train/iteration time (ms)": 100.0 + it,
-                     "train/sample weight/books": 1.2 if live else 1.0,
-                     "train/sample weight/code": 0.8 if live else 1.0})
+        row = {"lm loss": 8.0 - 0.1 * it + shift,
+               "weighted lm loss": 8.0 - 0.1 * it + shift + 0.05 * live,
+               "sample weight ess": 0.9 if live else 1.0,
+               "sample share/books": 0.5, "sample share/code": 0.5,
+               "sample weight share/books": 0.6 if live else 0.5,
+               "sample weight share/code": 0.4 if live else 0.5}
+        if it > iters[0]:  # Megatron leaves out the first iteration's time
+            row["iteration-time"] = (100.0 + it) / 1e3
         if it % 10 == 0:
-            rows.append({"iteration": it, "valid/all/lm loss": 7.0 - 0.1 * it + shift,
-                         "valid/books/lm loss": 7.5 - 0.1 * it + shift})
-    return rows
+            row.update({"lm loss validation-books": 7.0 - 0.1 * it + shift,
+                        "lm loss validation-code": 7.5 - 0.1 * it + shift,
+                        "lm loss validation-books ppl": 1.0})
+        scalars[it] = row
+    return scalars
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
@@ -64,18 +69,20 @@ def test_parse_junit(tmp_path):
 
 
 def test_curves_and_quality_summary():
-    runs = {"uniform": R.curves(metrics_rows()), "linupper": R.curves(metrics_rows(shift=-0.5))}
+    runs = {"uniform": R.curves(run_scalars()), "linupper": R.curves(run_scalars(shift=-0.5))}
     c = runs["uniform"]
     assert c["train"]["iteration"] == [5, 10, 15, 20]
-    assert c["valid"]["iteration"] == [10, 20] and set(c["valid"]) == {"iteration", "all", "books"}
+    assert c["valid"]["iteration"] == [10, 20] and set(c["valid"]) == {"iteration", "books",
+                                                                        "code"}
     assert c["domain_weight"]["books"] == [1.0, 1.0, 1.2, 1.2]
     s = R.summarise_quality(runs, warmup_iters=10, last=2)
     assert s["uniform"]["iterations"] == 20
     assert math.isclose(s["uniform"]["train_lm_loss_last2_logs"], 8.0 - 1.75)
-    assert math.isclose(s["uniform"]["final_valid_lm_loss"]["all"], 5.0)
-    assert s["uniform"]["median_iteration_ms"] == 115.0  # the first log (start-up) left out
+    assert math.isclose(s["uniform"]["final_valid_lm_loss"]["books"], 5.0)
+    assert s["uniform"]["median_iteration_ms"] == pytest.approx(115.0)  # 110, 115, 120
     assert s["linupper"]["mean_ess_after_burn_in"] == 0.9
-    assert s["linupper"]["mean_domain_weight_after_burn_in"] == {"books": 1.2, "code": 0.8}
+    assert s["linupper"]["mean_domain_weight_after_burn_in"] == pytest.approx(
+        {"books": 1.2, "code": 0.8})
     diff = s["linupper"]["minus_uniform"]
     assert math.isclose(diff["train_lm_loss"], -0.5)
     assert math.isclose(diff["final_valid_lm_loss"]["books"], -0.5)
@@ -83,7 +90,7 @@ def test_curves_and_quality_summary():
 
 
 def test_plot_and_results_file(tmp_path):
-    runs = {"uniform": R.curves(metrics_rows()), "linupper": R.curves(metrics_rows(shift=-0.5))}
+    runs = {"uniform": R.curves(run_scalars()), "linupper": R.curves(run_scalars(shift=-0.5))}
     png = R.plot_losses(runs, str(tmp_path / "sub" / "loss.png"), "title", warmup_iters=10)
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -92,7 +99,9 @@ def test_plot_and_results_file(tmp_path):
     with open(path) as f:
         text = f.read()
     loaded = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
-    assert loaded["x"] == ["nan", "-inf"] and loaded["curves"]["uniform"]["train"]["reweight r"][0] == "inf"
+    # the first step has no iteration time (NaN), and stays strict JSON
+    assert loaded["x"] == ["nan", "-inf"]
+    assert loaded["curves"]["uniform"]["train"]["iteration time (ms)"][0] == "nan"
     assert not os.path.exists(path + ".tmp")
 
 
@@ -115,19 +124,24 @@ def test_software_names_transformer_engine():
         assert "64 MiB" in info["transformer_engine"]["why"]
 
 
-def test_gpu_runs_flags_parse_for_one_gpu():
-    """A flag the entry point rejects would only show on the device: parse them here."""
-    from megatron_rw.training.arguments import parse_args, validate_layout
+def test_gpu_runs_flags_parse_for_one_gpu(monkeypatch):
+    """A flag Megatron's parser rejects would only show on the device: parse them here."""
+    megatron_arguments = pytest.importorskip("megatron.training.arguments")
+    from megatron_rw import add_sample_reweight_args
+    from megatron_rw.training.arguments import parse_args
 
     data = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
             "--tokenizer-model", "x.model", "--save", "runs/x", "--bf16"]  # what the launcher adds
     config = os.path.join(REPO, "examples", "configs", "gpt_125m.sh")
     flags = G.config_flags(config, ("MODEL_ARGS", "TRAIN_ARGS", "REWEIGHT_ARGS"))
-    args = parse_args(flags + list(G.QUALITY_FLAGS) + ["--sample-reweight-strategy", "linupper"] + data)
-    assert validate_layout(args, 1) == 1 and args.num_microbatches == 2
+    # The quality phase: Megatron's loop through the launcher, 1 GPU.
+    monkeypatch.setattr(sys, "argv", ["pretrain_gpt.py", *flags, *G.QUALITY_FLAGS,
+                                      "--sample-reweight-strategy", "linupper", *data])
+    args = megatron_arguments.parse_args(extra_args_provider=add_sample_reweight_args)
+    assert args.global_batch_size // args.micro_batch_size == 2  # micro-batches per step, DP 1
     assert (args.seq_length, args.hidden_size, args.num_layers, args.train_iters) == (1024, 768, 12, 200)
     assert args.sample_reweight_warmup_iters == G.QUALITY_WARMUP < args.train_iters
-    assert args.lr_warmup_iters < args.lr_decay_iters == 200
+    assert args.lr_warmup_iters < args.train_iters and args.log_timers_to_tensorboard
     # 200 steps of 16 x 1024 tokens stay under one epoch of the small corpus (3.9 M train tokens).
     assert args.train_iters * args.global_batch_size * args.seq_length < 3.9e6
     # The overhead run: the config's model and optimizer at GPT-2's vocabulary, padded as
@@ -194,7 +208,7 @@ def test_quality_phase_tiny(tmp_path):
     s = out["summary"]
     assert set(s) == {"uniform", "linupper"} and s["uniform"]["iterations"] == 4
     assert s["uniform"]["mean_ess_after_burn_in"] == 1.0 > s["linupper"]["mean_ess_after_burn_in"]
-    assert set(s["linupper"]["final_valid_lm_loss"]) == {"all", "alpha", "beta"}
+    assert set(s["linupper"]["final_valid_lm_loss"]) == {"alpha", "beta"}
     assert set(s["linupper"]["mean_domain_weight_after_burn_in"]) == {"alpha", "beta"}
     png = R.plot_losses(out["curves"], str(tmp_path / "loss.png"), "tiny", 2)
     assert os.path.getsize(png) > 1000
@@ -204,7 +218,7 @@ def test_quality_phase_tiny(tmp_path):
 def test_main_budget_and_files(tmp_path, monkeypatch, budget, status, rc):
     """The orchestration with stand-in phases: the budget leaves the last phase out when too
     little is left, and the results file and the plot land in --out-dir."""
-    curves = {"uniform": R.curves(metrics_rows()), "linupper": R.curves(metrics_rows(shift=-0.5))}
+    curves = {"uniform": R.curves(run_scalars()), "linupper": R.curves(run_scalars(shift=-0.5))}
     calls = []
 
     def fake(name, result):
