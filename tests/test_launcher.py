@@ -299,3 +299,23 @@ def test_layouts_take_the_same_first_step_from_one_checkpoint(corpus, tmp_path,
     for name, row in steps.items():
         for key in STEP:
             assert row[key] == pytest.approx(steps["dp1"][key], rel=1e-5), (name, key, steps)
+
+
+def test_project_layers_only_where_the_local_spec_cannot_run():
+    """The project's CPU layer spec replaces Megatron's local one for CP or SP only; MoE and
+    MTP there are refused at start-up, naming why."""
+    from argparse import Namespace
+
+    provider = pytest.importorskip("megatron_rw.megatron_training.gpt_model_provider",
+                                   reason="no megatron.training (0.17+)")
+    base = dict(transformer_impl="local", context_parallel_size=2, sequence_parallel=False,
+                spec=None, num_experts=None, mtp_num_layers=None)
+    assert provider.needs_project_layers(Namespace(**base))
+    assert provider.needs_project_layers(Namespace(**{**base, "context_parallel_size": 1,
+                                                      "sequence_parallel": True}))
+    for other in ({"context_parallel_size": 1}, {"transformer_impl": "transformer_engine"},
+                  {"spec": ["my.module", "spec"]}):
+        assert not provider.needs_project_layers(Namespace(**{**base, **other}))
+    for workload in ({"num_experts": 4}, {"mtp_num_layers": 1}):
+        with pytest.raises(SystemExit, match="dense models without MTP"):
+            provider.needs_project_layers(Namespace(**{**base, **workload}))

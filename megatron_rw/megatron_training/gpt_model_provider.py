@@ -21,10 +21,17 @@ from megatron.training.arguments import core_transformer_config_from_args
 
 def needs_project_layers(args) -> bool:
     """``--transformer-impl local`` with a layout its layer spec cannot run: context
-    parallelism (its attention asserts one CP rank) or sequence parallelism (its norms)."""
+    parallelism (its attention asserts one CP rank) or sequence parallelism (its norms refuse
+    it), and no ``--spec``. The project's spec (megatron_rw/cpu_layers.py) builds plain GPT
+    layers: MoE or MTP there is refused."""
     local = getattr(args, "transformer_impl", "local") == "local"
-    return (local and (args.context_parallel_size > 1 or args.sequence_parallel)
-            and args.spec is None)
+    needed = (local and (args.context_parallel_size > 1 or args.sequence_parallel)
+              and args.spec is None)
+    if needed and (args.num_experts or args.mtp_num_layers):
+        raise SystemExit("megatron_rw/megatron_training: context or sequence parallelism with "
+                         "--transformer-impl local runs dense models without MTP only "
+                         "(Transformer Engine runs the others)")
+    return needed
 
 
 def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage=None,

@@ -203,14 +203,10 @@ def layer_spec_for_local_layouts(args, model_config) -> None:
     the local one with attention that all-gathers keys and values over the CP group and norms
     that accept sequence parallelism: what runs CP and SP on a CPU, where Transformer Engine is
     absent. Dense models without MTP only (the spec builds plain GPT layers); ``--spec`` wins."""
-    local = getattr(args, "transformer_impl", "local") == "local"
-    needs = args.context_parallel_size > 1 or args.sequence_parallel
-    if not (local and needs) or args.spec is not None:
+    from megatron_rw.megatron_training.gpt_model_provider import needs_project_layers
+
+    if not needs_project_layers(args):
         return
-    if args.num_experts or args.mtp_num_layers:
-        raise SystemExit("megatron_rw/megatron_training/pretrain_gpt.py: context or sequence "
-                         "parallelism with --transformer-impl local runs dense models without "
-                         "MTP only (Transformer Engine runs the others)")
     from megatron_rw.cpu_layers import cpu_gpt_block_spec
 
     def block_spec(config, vp_stage=None):
