@@ -263,7 +263,7 @@ def test_wrapped_forward_step_reports_domains_while_training(monkeypatch):
     assert "telemetry" not in keywords(uniform, model)
     assert rw_domains.unique(["books", "code", "books", "books"]) == [
         "books", "code", "books#2", "books#3"]
-    from megatron_rw.training.data import domain_name
+    from megatron_rw.data.domains import domain_name
     assert [domain_name(p) for p in ("/d/books_text_document", "/d/books_train", "/d/code")] == [
         "books", "books", "code"]
 

@@ -20,6 +20,8 @@ import os
 import sys
 from typing import List, Optional
 
+from megatron_rw.data.domains import domain_name
+
 TOKENIZER_TYPE = "GPTSentencePieceTokenizer"  # the model's own ids, EOD = </s>, as prepared
 BLENDS = (("train", "--train-data-path"), ("valid", "--valid-data-path"))
 
@@ -57,7 +59,7 @@ def data_flags(corpus_dir: str, per_domain_validation: bool = False,
                 raise FileNotFoundError(f"{local}.bin (listed in {manifest_path}) does not exist")
             flags += [local] if unweighted else [weight, local]
             if unweighted:
-                names.append(_domain_of(prefix))
+                names.append(domain_name(prefix))
     if per_domain_validation:
         flags += ["--multiple-validation-sets", "--full-validation"]
         if set_names is None:
@@ -66,15 +68,6 @@ def data_flags(corpus_dir: str, per_domain_validation: bool = False,
         if set_names:
             flags += ["--validation-set-names", *names]
     return flags
-
-
-def _domain_of(prefix: str) -> str:
-    """A validation prefix's domain: its file name without the split (``books_val`` -> books)."""
-    name = os.path.basename(prefix)
-    for suffix in ("_val", "_valid", "_validation"):
-        if name.endswith(suffix):
-            return name[:-len(suffix)]
-    return name
 
 
 def main(argv: Optional[List[str]] = None) -> int:

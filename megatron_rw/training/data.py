@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy
 import torch
 
+from megatron_rw.data.domains import domain_name
 from megatron_rw.data.gpt import build_gpt_datasets, gpt_dataset_config
 from megatron_rw.data.tokenizer import SentencePieceTokenizer
 from megatron_rw.training.arguments import ArgumentError
@@ -74,24 +75,6 @@ def check_data(blends: Dict[str, Optional[Blend]], tokenizer: SentencePieceToken
                 raise ArgumentError(
                     f"{flag}: {prefix} was tokenized with another tokenizer than --tokenizer-model "
                     f"{tokenizer.model_path} (sha256 differs from {found[0]})")
-
-
-SPLIT_SUFFIXES = ("_train", "_valid", "_val", "_test")
-# What Megatron-LM's tools/preprocess_data.py appends to --output-prefix (json key, level).
-MEGATRON_SUFFIX = "_text_document"
-
-
-def domain_name(prefix: str) -> str:
-    """A blend member's display name: its basename without Megatron-LM's ``_text_document`` and
-    a split suffix (``.../megatron/books_train`` and ``.../books_text_document`` -> ``books``),
-    so train and valid name a domain alike."""
-    name = os.path.basename(prefix)
-    if name.endswith(MEGATRON_SUFFIX) and len(name) > len(MEGATRON_SUFFIX):
-        name = name[: -len(MEGATRON_SUFFIX)]
-    for suffix in SPLIT_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def train_domains(args) -> List[str]:

@@ -23,7 +23,7 @@ def domain_names(args) -> List[str]:
     """Display names of the training blend's members in ``dataset_id`` order (``--data-path``,
     ``--data-args-path``, ``--train-data-path`` or ``--per-split-data-args-path``, as Megatron-LM
     reads them); [] when there is no blend of two or more prefixes (no ``dataset_id`` then)."""
-    from megatron_rw.training.data import domain_name
+    from megatron_rw.data.domains import domain_name
     try:
         from megatron.training.utils import get_blend_and_blend_per_split
     except ImportError:  # in every version read (core_v0.16.1-0.19.0); otherwise no report
