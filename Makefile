@@ -64,7 +64,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q --durations=25 tests
 
 # The tests marked `compat` (uniform bitwise vs the baseline, layout equivalence, multi-node rank
-# mapping, the entry point's resume, the compat layer) on megatron-core 0.16.1.
+# mapping, the compat layer) on megatron-core 0.16.1.
 test-compat: $(COMPAT_STAMP)
 	$(COMPAT_PY) -m pytest -q -m compat tests
 

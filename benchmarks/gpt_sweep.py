@@ -26,6 +26,8 @@ import sys
 import time
 from typing import List
 
+from benchmarks import run_metrics
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, "examples", "pretrain_gpt_rw.sh")
 CONFIG = os.path.join(REPO, "examples", "configs", "tiny_cpu.sh")
@@ -105,20 +107,21 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
     """Train ``run`` (launcher + its config + its flags) into ``runs_dir/<name>``; returns seconds.
 
     Output is appended to ``train.log`` (and each line passed to ``on_line``, if given); a run
-    interrupted before resumes from its checkpoint."""
+    interrupted before resumes from its checkpoint. The launcher trains with Megatron's own loop;
+    its TensorBoard events then become ``metrics.jsonl`` (``benchmarks.run_metrics``), the rows
+    the reports read (``--log-timers-to-tensorboard`` for the iteration time)."""
     out = os.path.join(runs_dir, run.name)
     os.makedirs(out, exist_ok=True)
     # A free rendezvous port unless one is set: the launcher's default (6000) is often taken by
     # another job on a shared machine, and the run would die with EADDRINUSE.
-    # OLD_ENTRY_POINT: the runs committed under results/ came from python -m
-    # megatron_rw.pretrain_gpt (metrics.jsonl); a resumed sweep must train as they did.
     env = dict(os.environ, PYTHON=python, CONFIG=run.config, DATA=data[run.corpus], OUT=out,
-               GPUS_PER_NODE=str(getattr(run, "procs", 2)), OLD_ENTRY_POINT="1",
+               GPUS_PER_NODE=str(getattr(run, "procs", 2)),
                MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     start = time.perf_counter()
     with open(os.path.join(out, "train.log"), "a") as log:
-        proc = subprocess.Popen(["bash", LAUNCHER, *run.flags()], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(["bash", LAUNCHER, *run.flags(), "--log-timers-to-tensorboard"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
         for line in proc.stdout:
             log.write(line)
             log.flush()  # so train.log shows a running run's progress
@@ -128,6 +131,8 @@ def run_one(run: Run, runs_dir: str, data: dict, python: str, on_line=None) -> f
                 print(f"    {line.strip()[:110]}", flush=True)
         if proc.wait():
             raise RuntimeError(f"{run.name} failed (exit {proc.returncode}); see {out}/train.log")
+    run_metrics.write_metrics(out, run_metrics.blend_shares(
+        os.path.join(data[run.corpus], "manifest.json")))
     return time.perf_counter() - start
 
 

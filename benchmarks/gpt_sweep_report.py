@@ -35,6 +35,7 @@ from collections import defaultdict
 from typing import Dict, List, Optional
 
 from benchmarks import gpt_sweep
+from benchmarks.run_metrics import blend_shares  # noqa: F401  (the reports import it from here)
 
 VALID = "valid/{}/lm loss"
 WEIGHT = "train/sample weight/"
@@ -149,19 +150,6 @@ def steps_to_target(curve: List[tuple], target: float) -> Optional[float]:
             return i0 + (l0 - target) / (l0 - loss) * (it - i0)
         prev = (it, loss)
     return None
-
-
-def blend_shares(manifest: str) -> Dict[str, float]:
-    """Each training domain's share of the blend (= its expected share of the samples)."""
-    try:
-        with open(manifest, encoding="utf-8") as f:
-            words = json.load(f)["data_path"]["train"].split()
-    except (OSError, KeyError, ValueError):
-        return {}
-    pairs = [(os.path.basename(p).removesuffix("_train"), float(w))
-             for w, p in zip(words[0::2], words[1::2])]
-    total = sum(w for _, w in pairs)  # Megatron normalises the blend weights the same way
-    return {d: w / total for d, w in pairs}
 
 
 def _iters(run: dict) -> int:

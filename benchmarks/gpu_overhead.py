@@ -6,8 +6,9 @@ A worker of benchmarks/gpu_check.py (which analyses its output with benchmarks/o
 ``analyse``). One process, a world of one (NCCL on a GPU, gloo on a CPU for tests). The model is the
 MODEL_ARGS of examples/configs/gpt_125m.sh (12 layers, hidden 768, 12 heads, sequence 1024) with
 GPT-2's vocabulary (50257, padded to 50304: 124M parameters), in bf16, with its TRAIN_ARGS'
-optimizer settings, built by the entry point's own ``build_model`` (Transformer Engine layers when importable, else megatron-core's local ones;
-Megatron DDP with fp32 grad reduction; bf16 Adam). Steps alternate A B / B A on the same model as
+optimizer settings, parsed by Megatron's parser and built by ``benchmarks.gpt_model`` (Transformer
+Engine layers when importable, else megatron-core's local ones; Megatron DDP with fp32 grad
+reduction; bf16 Adam). Steps alternate A B / B A on the same model as
 in benchmarks/overhead_worker.py:
 
 - A: Megatron-LM's pretrain_gpt ``loss_func`` contract (``tests._layouts.gpt_loss_func``);
@@ -40,21 +41,20 @@ GPT2_VOCAB = 50257
 
 
 def build(flags: list, vocab: int):
-    """The entry point's model, DDP wrapper and optimizer for ``flags`` (a world of one)."""
+    """Megatron's parsed args, the padded vocabulary, the model (DDP-wrapped) and optimizer for
+    ``flags`` (a world of one)."""
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_rw.pretrain_gpt import build_model, padded_vocab_size
-    from megatron_rw.training.arguments import parse_args
+    from benchmarks import gpt_model
+    from benchmarks.megatron_args import parse_flags
 
-    # Data flags are required by the parser but unused: build_model reads only model/optimizer.
-    args = parse_args(flags + ["--tokenizer-type", "SentencePieceTokenizer",
-                               "--tokenizer-model", "unused", "--train-data-path", "unused"])
+    args = parse_flags(flags)
     ps.initialize_model_parallel()
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
-    vocab = padded_vocab_size(vocab, args)
-    model, optimizer, _, _ = build_model(args, vocab)
+    vocab = gpt_model.padded_vocab_size(vocab, args)
+    model, optimizer, _ = gpt_model.build(args, vocab)
     return args, vocab, model, optimizer
 
 
@@ -121,7 +121,7 @@ def main() -> int:
 
 
 def _layers(on_gpu: bool) -> str:
-    """Which layer implementation ``pretrain_gpt.layer_spec`` picked."""
+    """Which layer implementation ``gpt_model.layer_spec`` picked."""
     if not on_gpu:
         return "megatron_rw.cpu_layers (CPU runtime)"
     try:

@@ -37,8 +37,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 
 from megatron_rw import compute_sample_weights
+from megatron_rw.data.domains import domain_name
 from megatron_rw.robust import FALL, LOW_RAMP, PLATEAU_END, robust_positions, robust_score
-from megatron_rw.training.data import domain_name
 
 GROUPS = ("clean", "duplicated", "random")
 Z_QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95)
@@ -48,7 +48,7 @@ GRID = {"low_ramp": (1.0, 1.5, 2.0, 3.0), "plateau_end": (0.5, 1.0, 1.5), "fall"
 
 
 def train_domain_names(manifest: str) -> List[str]:
-    """Domain names in ``dataset_id`` order (the training blend's order, as the entry point)."""
+    """Domain names in ``dataset_id`` order (the training blend's order)."""
     with open(manifest, encoding="utf-8") as f:
         words = json.load(f)["data_path"]["train"].split()
     return [domain_name(p) for p in words[1::2]]

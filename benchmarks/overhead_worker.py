@@ -17,7 +17,7 @@ the max over ranks (the slowest rank sets the pace of a synchronous step). Per s
 - ``loss_fn``: seconds spent inside the loss function, summed over micro-batches (for B this
   includes waiting on the DP all-gather for the slower rank);
 - ``report``: Megatron-LM ``train_step``'s reduction of the reports, one DP all-reduce per key
-  (B reports 7 keys, A one), timed separately because the project's own entry point batches them.
+  (B reports 7 keys, A one), timed separately because a trainer may batch them.
 """
 
 from __future__ import annotations

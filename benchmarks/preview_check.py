@@ -2,21 +2,24 @@
 
     python -m benchmarks.preview_check [--runs-dir runs/preview_check] [--out results]
 
-One training run: the evaluation's ``noisy-uniform-s1234`` (``benchmarks.rw_eval``: tiny_cpu,
-the noisy corpus, 400 iterations, DP 2) with ``--sample-reweight-preview robust
---sample-reweight-r 1.0`` added. Then two comparisons, written to ``preview_check.json``:
+Two training runs: the evaluation's ``noisy-uniform-s1234`` (``benchmarks.rw_eval``: tiny_cpu,
+the noisy corpus, 400 iterations, DP 2) and the same with ``--sample-reweight-preview robust
+--sample-reweight-r 1.0`` added, both through the launcher (Megatron's loop). Then two
+comparisons, written to ``preview_check.json``:
 
 - **nothing changes**: every loss, gradient norm and validation loss it logs (``train/lm loss``,
   ``train/weighted lm loss``, ``train/grad norm``, ``train/sample loss/<domain>``,
-  ``valid/<domain>/lm loss``, at every logged iteration) against the archived uniform run
-  (``results/rw_eval_runs/noisy-uniform-s1234``): the number of values compared and of values
+  ``valid/<domain>/lm loss``, at every logged iteration) against the uniform run: the number of
+  values compared and of values
   not equal bit for bit (as JSON keeps them: the shortest repr of a double, so exact);
 - **what the preview predicts**: its mean ``preview weight/<domain>`` after burn-in against the
   mean weight per domain that ``noisy-robust-r1`` (the same flags, training with them) really
   gave, per finished seed of the evaluation, and the share of the total weight of the
   duplicated and random documents (mean weight × blend share); drawn in ``preview_check.png``.
 
-The run resumes from its checkpoint if interrupted, and is not redone once finished.
+The runs resume from their checkpoints if interrupted, and are not redone once finished. (The
+figures in results/preview_check.json came from the former trainer at commit 4954e89, against
+the archived uniform run ``results/rw_eval_runs/noisy-uniform-s1234``.)
 """
 
 from __future__ import annotations
@@ -156,18 +159,19 @@ def main(argv=None) -> int:
     p.add_argument("--no-plot", action="store_true", help="skip preview_check.png")
     a = p.parse_args(argv)
     archive = os.path.join(a.out, ARCHIVE)
-    base_dir = os.path.join(archive, BASE)
-    if not os.path.exists(os.path.join(base_dir, "metrics.jsonl")):
-        print(f"preview_check: error: {base_dir}/metrics.jsonl missing (run benchmarks.rw_eval "
-              "first)", file=sys.stderr)
+    errors = gpt_sweep.missing_data({"noisy": a.noisy_data}, ["noisy"])
+    if errors:
+        print(f"preview_check: error: {errors[0]}", file=sys.stderr)
         return 1
+    base_run = next(r for r in rw_eval.plan() if r.name == BASE)
     run = preview_run()
+    for r in (base_run, run):
+        if not gpt_sweep.finished(os.path.join(a.runs_dir, r.name), r.iters):
+            print(f"preview_check: training {r.name} ({' '.join(r.flags())})", flush=True)
+            seconds = gpt_sweep.run_one(r, a.runs_dir, {"noisy": a.noisy_data}, sys.executable)
+            print(f"preview_check: trained in {seconds / 60:.1f} min", flush=True)
     out_dir = os.path.join(a.runs_dir, run.name)
-    if not gpt_sweep.finished(out_dir, run.iters):
-        print(f"preview_check: training {run.name} ({' '.join(run.flags())})", flush=True)
-        seconds = gpt_sweep.run_one(run, a.runs_dir, {"noisy": a.noisy_data}, sys.executable)
-        print(f"preview_check: trained in {seconds / 60:.1f} min", flush=True)
-    preview, base = read_rows(out_dir), read_rows(base_dir)
+    preview, base = read_rows(out_dir), read_rows(os.path.join(a.runs_dir, BASE))
     burn_in = BURN_IN  # the noisy group's (gpt_sweep.COMMON)
     shares = blend_shares(os.path.join(a.noisy_data, "manifest.json"))
     report = {

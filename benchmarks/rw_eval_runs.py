@@ -77,13 +77,11 @@ def refused(run) -> Optional[str]:
     if run.variant_flags is None:
         which = "combo" if run.variant == "robust-best" else "best"
         return f"flags not chosen yet (--{which}-flags)"
-    from megatron_rw.training.arguments import parse_args  # imports torch: only when asked
-    data = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
-            "--tokenizer-model", "x.model", "--save", "x"]  # what the launcher adds
+    from benchmarks.megatron_args import LAUNCHER_FLAGS, parse_flags  # torch: only when asked
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            parse_args([*config_flags(run.config), *run.flags(), *data])
+            parse_flags([*config_flags(run.config), *run.flags(), *LAUNCHER_FLAGS])
     except SystemExit:
         last = (err.getvalue().strip().splitlines() or ["?"])[-1]
         return "trainer refuses: " + last.split(" error: ", 1)[-1]

@@ -31,7 +31,7 @@ import time
 from benchmarks import environment, gpt_sweep, rw_eval, rw_eval_runs
 
 ITER_LINE = re.compile(r"iteration\s+(\d+)/\s*\d+ .*elapsed time per iteration \(ms\): ([0-9.]+)")
-PARAMS = re.compile(r"(\d+) parameters on rank 0")
+PARAMS = re.compile(r"number of parameters on \(tensor, pipeline\) model parallel rank \(0, 0\): (\d+)")
 CORES = 2  # the evaluation's budget is in time on 2 cores (DP 2, one rank per core)
 
 

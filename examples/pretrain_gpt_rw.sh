@@ -19,8 +19,9 @@
 #
 # It trains with Megatron's own training loop: without MEGATRON_LM, the megatron.training of the
 # installed megatron-core (0.17 on; 0.16.1's wheel has none: set MEGATRON_LM there) with
-# megatron-rw's pretrain_gpt.py (megatron_rw/megatron_training); with MEGATRON_LM, that
-# checkout's unmodified pretrain_gpt.py. Both run through patches/megatron_lm/pretrain_gpt_rw.py. The
+# megatron-rw's pretrain_gpt.py (megatron_rw/megatron_training), started by python -m
+# megatron_rw.pretrain_gpt; with MEGATRON_LM, that checkout's unmodified pretrain_gpt.py. Both
+# run through patches/megatron_lm/pretrain_gpt_rw.py. The
 # config's flags and the corpus's flags are Megatron-LM's names, so the same CONFIG and DATA serve
 # both; with the project's script each domain of the corpus is also validated on its own.
 #
@@ -44,8 +45,6 @@
 #   OUT            checkpoints and TensorBoard (OUT/tensorboard)   runs/<config name>
 #   PYTHON         interpreter with megatron-rw installed    python3
 #   MEGATRON_LM    a Megatron-LM checkout to train with      unset: the installed megatron-core's
-#   OLD_ENTRY_POINT=1  python -m megatron_rw.pretrain_gpt, being retired (the evaluation
-#                  benchmarks set it: their committed runs came from it)
 # With CUDA: NCCL and --bf16 (BF16=0 to train in fp32). Without: gloo and the CPU runtime, and
 # OMP_NUM_THREADS = cores / processes unless set; with Megatron's loop also
 # megatron_rw.megatron_lm_cpu (that loop on a CPU) and the flags it needs there
@@ -122,17 +121,18 @@ fi
 
 PYPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 OWN_SCRIPT=0
-if [[ -z "${MEGATRON_LM:-}" && "${OLD_ENTRY_POINT:-0}" != 1 ]]; then
+if [[ -z "${MEGATRON_LM:-}" ]]; then
+    # Asked here too, so that the message comes once, before any rank starts.
     if ! PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.megatron_loop own; then
         echo "pretrain_gpt_rw.sh: $PYTHON has no megatron.training (megatron-core's wheels ship it from 0.17 on): install megatron-core >= 0.17, or set MEGATRON_LM=/path/to/Megatron-LM" >&2
         exit 2
     fi
     # Megatron's own training loop from the installed megatron-core, driven by the project's
-    # pretrain_gpt.py (megatron_rw/megatron_training), run through the patch like a checkout.
-    MEGATRON_LM="$REPO/megatron_rw/megatron_training"
+    # pretrain_gpt.py through the patch (and on a CPU with megatron_lm_cpu's flags).
+    TRAINER=(-m megatron_rw.pretrain_gpt)
+    TRAINER_NAME="Megatron's training loop (installed megatron.training)"
     OWN_SCRIPT=1
-fi
-if [[ -n "${MEGATRON_LM:-}" ]]; then
+else
     if [[ ! -f "$MEGATRON_LM/pretrain_gpt.py" ]]; then
         echo "pretrain_gpt_rw.sh: MEGATRON_LM=$MEGATRON_LM has no pretrain_gpt.py" >&2
         exit 2
@@ -148,18 +148,13 @@ if [[ -n "${MEGATRON_LM:-}" ]]; then
         PRECISION_ARGS+=("${CPU_ARGS[@]}")
     fi
     TRAINER_NAME="Megatron-LM $MEGATRON_LM"
-    [[ "$OWN_SCRIPT" == 0 ]] || TRAINER_NAME="Megatron's training loop (installed megatron.training)"
-else
-    TRAINER=(-m megatron_rw.pretrain_gpt)
-    TRAINER_NAME="megatron_rw.pretrain_gpt"
 fi
 
 DATA_ARGS=()
 DATA="${DATA-data/small}"
 if [[ -n "$DATA" ]]; then
-    # With the project's script Megatron's loop validates each domain as its own set
-    # (megatron_rw.pretrain_gpt does so from the weighted blend itself). A checkout's
-    # pretrain_gpt.py gets the weighted blend: its batches under --full-validation break with
+    # With the project's script Megatron's loop validates each domain as its own set. A
+    # checkout's pretrain_gpt.py gets the weighted blend: its batches under --full-validation break with
     # tensor or pipeline parallelism (see megatron_rw/megatron_training/pretrain_gpt.py).
     PER_DOMAIN=()
     [[ "$OWN_SCRIPT" == 0 ]] || PER_DOMAIN=(--per-domain-validation)

@@ -112,4 +112,10 @@ def add_sample_reweight_args(parser: argparse.ArgumentParser) -> argparse.Argume
                    help="Give samples with a NaN/Inf loss weight 0 and count them (invalid "
                         "samples) instead of stopping the run with Megatron's NaN/Inf check. "
                         "Default: off (stop, as without megatron-rw).")
+    g.add_argument("--log-sample-weights", action="store_true",
+                   help="Every --log-interval iterations, append each sample's loss, normalised "
+                        "loss, weight and domain to sample_weights.jsonl in --save (else "
+                        "--tensorboard-dir): the rows of the first data-parallel rank of the "
+                        "last pipeline stage, one line per micro-batch (a host sync on those "
+                        "iterations only). Default: off.")
     return parser

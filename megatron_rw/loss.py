@@ -34,7 +34,6 @@ from megatron_rw.collectives import (
 )
 from megatron_rw.config import ReweightConfig
 from megatron_rw.ess import temperature_for_ess
-from megatron_rw.nonfinite import check_finite_loss
 from megatron_rw.schedule import temperature_at
 from megatron_rw.stats import weight_statistics
 from megatron_rw.telemetry import (  # noqa: F401  (the preview keys are re-exported)
@@ -208,19 +207,6 @@ def reweighted_loss_func(
         total = torch.where(valid, counts, torch.zeros_like(counts)).sum().clamp(min=1.0)
         return weighted_sum / total, report
     return weighted_sum, num_tokens.to(torch.int), report
-
-
-def checked_loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor, *,
-                      config: ReweightConfig, **kwargs):
-    """``reweighted_loss_func``, then Megatron-LM's NaN/Inf check of the unweighted local loss
-    sum (the sum its ``loss_func`` checks), unless ``config.skip_nonfinite``. For trainers
-    without Megatron-LM's ``loss_func`` (``python -m megatron_rw.pretrain_gpt``); the Megatron-LM
-    patch lets that ``loss_func`` check instead (patches/megatron_lm/rw_wrap.py)."""
-    result = reweighted_loss_func(loss_mask, output_tensor, config=config, **kwargs)
-    if not config.skip_nonfinite:
-        check_finite_loss(torch.sum(output_tensor.detach().reshape(-1).float()
-                                    * loss_mask.reshape(-1).float()))
-    return result
 
 
 def _telemetry(telemetry: SampleTelemetry, report: dict, per_sample, weights, valid,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["without_nonfinite_samples", "check_finite_loss"]
+__all__ = ["without_nonfinite_samples"]
 
 
 def without_nonfinite_samples(output_tensor: torch.Tensor,
@@ -34,16 +34,3 @@ def without_nonfinite_samples(output_tensor: torch.Tensor,
         row_ok = torch.isfinite((losses * loss_mask.float().reshape(b, -1)).sum(dim=1))
         kept = torch.where(row_ok[:, None], losses, torch.zeros_like(losses))
         return kept.to(output_tensor.dtype).reshape(output_tensor.shape)
-
-
-def check_finite_loss(loss: torch.Tensor, where: str = "") -> None:
-    """Megatron-LM's NaN/Inf check of a local loss sum, with its messages, for trainers without
-    Megatron-LM's ``loss_func`` (``python -m megatron_rw.pretrain_gpt``, whose loop has no rerun
-    machinery: Megatron-LM with reruns disabled raises the same ``RuntimeError``).
-
-    One host synchronisation per call, as Megatron-LM's own check.
-    """
-    if not bool(torch.isfinite(loss)):
-        what = "NaN" if bool(torch.isnan(loss)) else "Inf"
-        raise RuntimeError(f"{where}Unexpected result {loss} "
-                           f"(message='found {what} in local forward loss calculation')")

@@ -7,8 +7,8 @@ collective. The optional sink is the one place a caller may copy values to the h
 sees the rows it is handed.
 
 Two denominators. Per-domain *means* (``[Σ over the domain's samples, samples of the domain]``)
-suit a trainer that sums the pairs over its log interval before dividing (this project's entry
-point). Megatron-LM's training loop divides every step: a domain absent from a step's global
+suit a trainer that sums the pairs over its log interval before dividing (a loop of one's
+own). Megatron's training loop divides every step: a domain absent from a step's global
 batch would log 0/0 = NaN there. For it, *shares* divide by every valid sample of the step
 instead (never 0): ``sample share/<d>`` is the domain's share of the samples and ``sample weight
 share/<d>`` its share of the total weight (weights average 1, so the shares of a step sum to 1);

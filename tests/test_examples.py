@@ -1,4 +1,4 @@
-"""The example configs, Slurm script and Dockerfile agree with the entry point and the repo."""
+"""The example configs, Slurm script and Dockerfile agree with Megatron's parser and the repo."""
 
 from __future__ import annotations
 
@@ -9,15 +9,12 @@ import subprocess
 
 import pytest
 
-from megatron_rw.training.arguments import parse_args, validate_layout
 from tests.workers.launch import REPO
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "examples", "configs", "*.sh")))
 # World sizes each config is written for: one 8-GPU node for the GPU ones, 2 CPU ranks for the
 # CPU ones.
 WORLD = {"tiny_cpu": 2, "small_cpu": 2, "smoke_cpu": 2, "gpt_125m": 8, "gpt_1b": 8}
-DATA = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
-        "--tokenizer-model", "x.model", "--save", "runs/x"]  # what the launcher adds
 
 
 def config_flags(path):
@@ -29,10 +26,19 @@ def config_flags(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
 def test_config_parses_and_fits_its_world(path):
+    """Megatron's own parser (an unknown flag would exit here) and the layout rules its
+    validate_args applies at start-up: model parallel divides the world, and the global batch
+    is whole micro-batches on every data-parallel rank."""
+    pytest.importorskip("megatron.training.arguments")
+    from benchmarks.megatron_args import LAUNCHER_FLAGS, parse_flags
+
     name = os.path.basename(path)[:-3]
-    args = parse_args(config_flags(path) + DATA)  # unknown flags would exit here
-    dp = validate_layout(args, WORLD[name])
-    assert dp * args.tensor_model_parallel_size * args.pipeline_model_parallel_size == WORLD[name]
+    args = parse_flags(config_flags(path) + list(LAUNCHER_FLAGS))
+    model = (args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+             * args.context_parallel_size)
+    assert WORLD[name] % model == 0
+    dp = WORLD[name] // model
+    assert args.global_batch_size % (args.micro_batch_size * dp) == 0
     assert args.sample_reweight_strategy in ("linupper", "quadratic")
     assert 0 < args.sample_reweight_warmup_iters < args.train_iters
 

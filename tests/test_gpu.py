@@ -58,7 +58,7 @@ def host_syncs_raise():
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_hook_makes_no_host_sync(strategy, contract):
     config = ReweightConfig(strategy=strategy, r=0.4, warmup_iters=10)
-    # Domain telemetry on, as the entry point runs it; past the burn-in, so weights are live.
+    # Domain telemetry on (per-domain means, the heavier of its two forms); past the burn-in, so weights are live.
     telemetry = SampleTelemetry(domain_ids=torch.arange(B, device="cuda") % 3,
                                 domain_names=("a", "b", "c"))
     # A first call outside the checked region: one-time set-up (cuBLAS handles, allocator pools)
@@ -157,8 +157,8 @@ def _baseline_mean(loss_mask, output_tensor):
 
 
 def _train(loss_func, contract, steps=2, micro=2, rows=4):
-    """Build the entry point's bf16 GPT (pretrain_gpt.build_model: local layers without Transformer
-    Engine, Megatron DDP with fp32 grad reduction, bf16 Adam with fp32 main params) from a fixed
+    """Build a bf16 GPT (benchmarks/gpt_model.py: local layers without Transformer Engine,
+    Megatron DDP with fp32 grad reduction, bf16 Adam with fp32 main params) from a fixed
     seed and run ``steps`` optimizer steps through ``get_forward_backward_func``. Returns the
     reported losses, every main_grad after each backward and every parameter after each step."""
     from functools import partial
@@ -166,19 +166,18 @@ def _train(loss_func, contract, steps=2, micro=2, rows=4):
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from megatron_rw.pretrain_gpt import build_model
-    from megatron_rw.training.arguments import parse_args
+    from benchmarks import gpt_model
+    from benchmarks.megatron_args import LAUNCHER_FLAGS, parse_flags
     from tests import _layouts as L
 
-    args = parse_args([
+    args = parse_flags([
         "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
-        "--seq-length", str(L.SEQ), "--micro-batch-size", str(rows), "--train-iters", "10",
-        "--lr", "1e-3", "--bf16", "--hidden-dropout", "0", "--attention-dropout", "0",
-        "--tokenizer-type", "SentencePieceTokenizer", "--tokenizer-model", "unused",
-        "--train-data-path", "unused"])
+        "--seq-length", str(L.SEQ), "--max-position-embeddings", str(L.SEQ),
+        "--micro-batch-size", str(rows), "--train-iters", "10", "--lr", "1e-3", "--bf16",
+        "--hidden-dropout", "0", "--attention-dropout", "0", *LAUNCHER_FLAGS])
     torch.manual_seed(1234)
     model_parallel_cuda_manual_seed(1234)
-    model, optimizer, _, config = build_model(args, L.VOCAB)
+    model, optimizer, config = gpt_model.build(args, L.VOCAB)
     # megatron-core's own switch for its embedding lookup: F.embedding's CUDA backward is not
     # deterministic (its comment), indexing's is under torch.use_deterministic_algorithms.
     for module in model.modules():

@@ -127,8 +127,8 @@ def test_software_names_transformer_engine():
 def test_gpu_runs_flags_parse_for_one_gpu(monkeypatch):
     """A flag Megatron's parser rejects would only show on the device: parse them here."""
     megatron_arguments = pytest.importorskip("megatron.training.arguments")
+    from benchmarks.megatron_args import parse_flags
     from megatron_rw import add_sample_reweight_args
-    from megatron_rw.training.arguments import parse_args
 
     data = ["--train-data-path", "x", "--tokenizer-type", "GPTSentencePieceTokenizer",
             "--tokenizer-model", "x.model", "--save", "runs/x", "--bf16"]  # what the launcher adds
@@ -145,8 +145,8 @@ def test_gpu_runs_flags_parse_for_one_gpu(monkeypatch):
     # 200 steps of 16 x 1024 tokens stay under one epoch of the small corpus (3.9 M train tokens).
     assert args.train_iters * args.global_batch_size * args.seq_length < 3.9e6
     # The overhead run: the config's model and optimizer at GPT-2's vocabulary, padded as
-    # pretrain_gpt.padded_vocab_size does (importing it here would install the CPU runtime).
-    args = parse_args(G.config_flags(config) + ["--micro-batch-size", "8", "--bf16"] + data[:6])
+    # Megatron pads it (benchmarks/gpt_model.py).
+    args = parse_flags(G.config_flags(config) + ["--micro-batch-size", "8", "--bf16"] + data)
     divisor = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
     assert math.ceil(50257 / divisor) * divisor == 50304 and args.bf16
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -71,9 +73,11 @@ def run_and_check(args, out, **env):
 def dp2_run(corpus, tmp_path_factory):
     """The launcher's default on 2 processes (DP2), validated after every step: the reference
     that the launch forms must reproduce and the run plot_run summarises. One thread per
-    process, as torchrun outside the launcher gives them."""
+    process, as torchrun outside the launcher gives them. Each sample's weight logged
+    (``--log-sample-weights``) and the iteration time in TensorBoard, for the benchmarks' rows."""
     out = tmp_path_factory.mktemp("dp2") / "run"
-    log = run_and_check([*SHRINK, "--eval-interval", "1"], out, DATA=corpus["dir"],
+    log = run_and_check([*SHRINK, "--eval-interval", "1", "--log-sample-weights",
+                         "--log-timers-to-tensorboard"], out, DATA=corpus["dir"],
                         GPUS_PER_NODE="2", OMP_NUM_THREADS="1")
     return out, log
 
@@ -91,6 +95,40 @@ def test_launcher_trains_with_megatrons_loop_by_default(dp2_run):
     # validation is Megatron's own loss: no weights reported in evaluation
     assert not any(t.startswith("weighted lm loss validation") for t in rows[3])
     assert rows[3]["sample weight ess"] < 1.0 == rows[1]["sample weight ess"]
+
+
+def test_sample_log_writes_the_first_data_rank_rows(dp2_run):
+    """--log-sample-weights (patches/megatron_lm/rw_samples.py): every logged step (log
+    interval 1), each micro-batch of data rank 0 (8 samples = DP 2 x 2 micro-batches x 2 rows),
+    weights 1 in the 1-step burn-in and live after it, every row's domain."""
+    out, _ = dp2_run
+    records = [json.loads(l) for l in (out / "sample_weights.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["micro_batch"]) for r in records] == \
+        [(it, m) for it in (1, 2, 3) for m in (0, 1)]
+    assert all(len(r["weight"]) == len(r["loss"]) == len(r["domain"]) == 2 for r in records)
+    assert all(w == 1.0 for r in records[:2] for w in r["weight"])
+    assert records[0]["r"] == math.inf and records[-1]["r"] == 0.4
+    assert any(w != 1.0 for r in records[2:] for w in r["weight"])
+    assert {d for r in records for d in r["domain"]} <= {0, 1}
+
+
+def test_benchmark_rows_from_a_megatron_run(dp2_run, corpus):
+    """benchmarks.run_metrics: the rows the evaluation reports read, from the run's events."""
+    from benchmarks.run_metrics import blend_shares, metrics_rows
+
+    out, _ = dp2_run
+    shares = blend_shares(os.path.join(corpus["dir"], "manifest.json"))
+    assert set(shares) == {"alpha", "beta"} and abs(sum(shares.values()) - 1) < 1e-9
+    rows = metrics_rows(str(out / "tensorboard"), shares)
+    train = {r["iteration"]: r for r in rows if "train/lm loss" in r}
+    valid = {r["iteration"]: r for r in rows if "valid/all/lm loss" in r}
+    assert sorted(train) == sorted(valid) == [1, 2, 3]
+    assert train[1]["train/reweight r"] == math.inf and train[3]["train/reweight r"] == 0.4
+    assert train[1]["train/sample weight/alpha"] == pytest.approx(1.0)
+    assert train[3]["train/iteration time (ms)"] > 0 and "train/grad norm" in train[3]
+    for it, row in valid.items():
+        both = shares["alpha"] * row["valid/alpha/lm loss"] + shares["beta"] * row["valid/beta/lm loss"]
+        assert row["valid/all/lm loss"] == pytest.approx(both)
 
 
 def test_launcher_trains_tensor_parallel(corpus, tmp_path):

@@ -282,7 +282,7 @@ def test_timing_analysis_of_a_log():
 
     line = ("iteration {:8d}/      20 | consumed samples: 1 | elapsed time per iteration (ms): {} |"
             " learning rate: 1E-3 |")
-    stamps = [(1.0, "pretrain_gpt_rw.sh: node 0/1"), (5.0, "vocab 4096; 1580672 parameters on rank 0"),
+    stamps = [(1.0, "pretrain_gpt_rw.sh: node 0/1"), (5.0, " > number of parameters on (tensor, pipeline) model parallel rank (0, 0): 1580672"),
               (30.0, line.format(5, 4000.0)),  # warm-up interval: 4 s per iteration
               (35.0, line.format(10, 1000.0)), (40.0, line.format(15, 1200.0)),
               (45.0, line.format(20, 1000.0)), (53.0, " validation loss at iteration 20 | all")]

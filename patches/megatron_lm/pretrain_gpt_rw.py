@@ -81,10 +81,11 @@ def current_iteration(args) -> int:
     return args.iteration
 
 
-def run(pretrain_gpt, get_args, get_eod=None, get_domains=None) -> None:
+def run(pretrain_gpt, get_args, get_eod=None, get_domains=None, get_sample_log=None) -> None:
     """Run ``pretrain_gpt``'s main block with the reweighted ``forward_step`` and flags;
     ``get_eod`` returns the tokenizer's end-of-document id (for documents as units),
-    ``get_domains`` the training blend's member names (for per-domain shares)."""
+    ``get_domains`` the training blend's member names (for per-domain shares),
+    ``get_sample_log`` the ``--log-sample-weights`` log (rw_samples.py)."""
     for name in ("forward_step", "loss_func", "pretrain"):
         if not hasattr(pretrain_gpt, name):
             raise ContractError(
@@ -97,6 +98,7 @@ def run(pretrain_gpt, get_args, get_eod=None, get_domains=None) -> None:
         get_eod=get_eod,
         get_domains=get_domains,
         get_packing=lambda: packing_of(get_args()),
+        get_sample_log=get_sample_log,
     )
     pretrain = guard_pretrain(pretrain_gpt.pretrain, forward_step, add_sample_reweight_args)
     overrides = {"forward_step": forward_step, "pretrain": pretrain}
@@ -125,8 +127,10 @@ def main() -> None:
         return get_tokenizer().eod
 
     from rw_domains import domain_names
+    from rw_samples import sample_log
 
-    run(pretrain_gpt, get_args, get_eod, lambda: domain_names(get_args()))
+    run(pretrain_gpt, get_args, get_eod, lambda: domain_names(get_args()),
+        lambda: sample_log(get_args()))
 
 
 if __name__ == "__main__":

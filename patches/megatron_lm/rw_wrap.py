@@ -138,7 +138,8 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                       contract: str = "token_sum",
                       get_eod: Optional[Callable[[], int]] = None,
                       get_domains: Optional[Callable[[], Sequence[str]]] = None,
-                      get_packing: Optional[Callable[[], Any]] = None) -> Callable:
+                      get_packing: Optional[Callable[[], Any]] = None,
+                      get_sample_log: Optional[Callable[[], Any]] = None) -> Callable:
     """``forward_step`` with its loss partial replaced by the reweighted loss, checked by
     Megatron-LM's own ``loss_func`` (:func:`megatron_checked_loss`).
 
@@ -165,6 +166,9 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         get_packing: returns the run's ``rw_units.Packing`` (None: unpacked micro-batches;
             called once). Packed micro-batches are weighed per original row (or document):
             ``loss_func`` then gets ``units=`` and ``num_units=`` (rw_units.py).
+        get_sample_log: returns the run's ``rw_samples.SampleLog`` (None: no per-sample log on
+            this rank; called once). Its ``sink(iteration, r)`` receives each sample's loss and
+            weight on the logged steps; with a log the rows carry their domain, uniform or not.
 
     In evaluation (the model in eval mode, as Megatron-LM's ``evaluate`` sets it) the result of
     ``forward_step`` is returned as it is, after the same contract check: validation losses are
@@ -179,14 +183,16 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
     if loss_func is None:
         from megatron_rw import reweighted_loss_func as loss_func
     # Filled on the first call: the flags are parsed inside pretrain.
-    config, domains, packing = [], [], []
+    config, domains, packing, samples = [], [], [], []
 
     @functools.wraps(forward_step)
     def reweighted_forward_step(*args, **kwargs):
         if not config:
             config.append(get_config())
+            samples.append(get_sample_log() if get_sample_log is not None else None)
             reweights = config[0].strategy != "uniform" or bool(config[0].preview)
-            domains.extend(get_domains() if get_domains is not None and reweights else ())
+            wanted = reweights or samples[0] is not None
+            domains.extend(get_domains() if get_domains is not None and wanted else ())
             packing.append(get_packing() if get_packing is not None else None)
         if not _training(args, kwargs):
             # Evaluation: Megatron's own loss, bit for bit. Weights only shape gradients; a
@@ -223,15 +229,21 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
                 extra.update(units=units, num_units=num_units)
             if packing[0] is not None:  # the original rows of the one packed row
                 rows = loss_mask.shape[0] * num_units // per_row
-        if per_domain and loss_mask is not None:
+        iteration = get_iteration()
+        sink = None
+        if samples[0] is not None and loss_mask is not None:
+            from megatron_rw.schedule import temperature_at
+            sink = samples[0].sink(iteration, temperature_at(config[0], iteration))
+        if (per_domain or sink is not None) and loss_mask is not None:
             from rw_domains import row_domains
 
             from megatron_rw.telemetry import SampleTelemetry
-            ids = row_domains(kept.get("dataset_id"), rows, loss_mask.device)
+            ids = (row_domains(kept.get("dataset_id"), rows, loss_mask.device)
+                   if per_domain else None)
             extra["telemetry"] = SampleTelemetry(domain_ids=ids, domain_names=tuple(domains),
-                                                 shares=True)
+                                                 sink=sink, shares=True)
         reweighted = functools.partial(loss_func, loss_mask, config=config[0],
-                                       iteration=get_iteration(), contract=contract, **extra)
+                                       iteration=iteration, contract=contract, **extra)
         return output, functools.partial(
             megatron_checked_loss, loss_mask, reweighted=reweighted, megatron_loss=megatron_loss,
             skip_nonfinite=getattr(config[0], "skip_nonfinite", False))

@@ -1,1 +1,0 @@
-"""Pieces of ``python -m megatron_rw.pretrain_gpt``: arguments, data, checkpoints, metrics."""
