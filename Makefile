@@ -100,38 +100,38 @@ demo: $(STAMP)
 # interrupted one continues from its checkpoint).
 bench: $(STAMP)
 	$(PY) -m benchmarks.layout_equivalence
-	$(PY) -m benchmarks.toy_regression
-	$(PY) -m benchmarks.weights_cost
-	$(PY) -m benchmarks.overhead
-	$(PY) -m benchmarks.megatron_lm_overhead
+	$(PY) -m benchmarks.quality.toy_regression
+	$(PY) -m benchmarks.cost.weights_cost
+	$(PY) -m benchmarks.cost.overhead
+	$(PY) -m benchmarks.cost.megatron_lm_overhead
 
 sweep: $(STAMP)
 	$(PY) -m megatron_rw.data.prepare --profile small --out data/small
-	$(PY) -m benchmarks.noisy_corpus --base data/small --out data/small_noisy
-	$(PY) -m benchmarks.gpt_sweep
-	$(PY) -m benchmarks.gpt_sweep_report
+	$(PY) -m benchmarks.quality.noisy_corpus --base data/small --out data/small_noisy
+	$(PY) -m benchmarks.quality.gpt_sweep
+	$(PY) -m benchmarks.quality.gpt_sweep_report
 
 # Section 5 of docs/results.md (issue 11: robust, target ESS, documents as units, preview). The
 # evaluation (rw_eval) is 51 runs, about 6 to 7 hours on 2 cores, resumable like the sweep.
 rw-eval: $(STAMP)
 	$(PY) -m megatron_rw.data.prepare --profile small --out data/small
-	$(PY) -m benchmarks.noisy_corpus --base data/small --out data/small_noisy
-	$(PY) -m benchmarks.loss_distribution_run --png results/loss_distribution.png
-	$(PY) -m benchmarks.loss_distribution_run --strategy robust --r 0.4 --out results/loss_distribution_robust.json
-	$(PY) -m benchmarks.loss_distribution_run --strategy linupper --r 0.4 --out results/loss_distribution_linupper.json
-	$(PY) -m benchmarks.docs_per_row
-	$(PY) -m benchmarks.unit_costs
-	$(PY) -m benchmarks.weights_variants_cost
-	$(PY) -m benchmarks.rw_eval
-	$(PY) -m benchmarks.rw_eval_report
-	$(PY) -m benchmarks.preview_check
+	$(PY) -m benchmarks.quality.noisy_corpus --base data/small --out data/small_noisy
+	$(PY) -m benchmarks.quality.loss_distribution_run --png results/loss_distribution.png
+	$(PY) -m benchmarks.quality.loss_distribution_run --strategy robust --r 0.4 --out results/loss_distribution_robust.json
+	$(PY) -m benchmarks.quality.loss_distribution_run --strategy linupper --r 0.4 --out results/loss_distribution_linupper.json
+	$(PY) -m benchmarks.quality.docs_per_row
+	$(PY) -m benchmarks.cost.unit_costs
+	$(PY) -m benchmarks.cost.weights_variants_cost
+	$(PY) -m benchmarks.quality.rw_eval
+	$(PY) -m benchmarks.quality.rw_eval_report
+	$(PY) -m benchmarks.quality.preview_check
 
 # One-shot GPU check (docs/gpu_check.md): the GPU tests, the hook's step-time ratio at GPT-2-small
 # scale in bf16, and a short uniform-vs-linupper run on data/small; writes results/gpu_check.json
 # and results/gpu_check_loss.png in about 7 minutes on one GPU. Exits 3 at once without CUDA.
 gpu-check: $(STAMP)
 	$(PY) -m megatron_rw.data.prepare --profile small --out data/small
-	$(PY) -m benchmarks.gpu_check
+	$(PY) -m benchmarks.gpu.gpu_check
 
 # The Dockerfile built on a local Debian base (debootstrap + Python 3.12 + torch; nvcr.io is not
 # reachable here) with a private dockerd, then a few CPU iterations through the image's entry

@@ -3,7 +3,7 @@
     python examples/plot_run.py runs/demo [--out runs/demo/run.png]
 
 Reads what Megatron's training loop wrote to ``RUN_DIR/tensorboard`` (``--tensorboard-dir``;
-megatron_rw.run_log): the loss report of every step (``lm loss``, ``weighted lm loss``, the
+megatron_rw.megatron_training.run_log): the loss report of every step (``lm loss``, ``weighted lm loss``, the
 weights' ESS, maximum and minimum, each domain's ``sample share/<d>`` and ``sample weight
 share/<d>``), each validation set's ``lm loss`` (one per domain with ``--multiple-validation-sets``)
 and the run's arguments (the burn-in's length). A domain's mean weight over a stretch of steps
@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Dict, Optional
 
-from megatron_rw.run_log import Scalars, read_run, series, validation_sets
+from megatron_rw.megatron_training.run_log import Scalars, read_run, series, validation_sets
 
 LM, WEIGHTED = "lm loss", "weighted lm loss"
 ESS, W_MAX, W_MIN = "sample weight ess", "sample weight max", "sample weight min"

@@ -47,7 +47,7 @@
 #   MEGATRON_LM    a Megatron-LM checkout to train with      unset: the installed megatron-core's
 # With CUDA: NCCL and --bf16 (BF16=0 to train in fp32). Without: gloo and the CPU runtime, and
 # OMP_NUM_THREADS = cores / processes unless set; with Megatron's loop also
-# megatron_rw.megatron_lm_cpu (that loop on a CPU) and the flags it needs there
+# megatron_rw.cpu.megatron_lm (that loop on a CPU) and the flags it needs there
 # (--transformer-impl local, --distributed-backend gloo, ...).
 set -euo pipefail
 
@@ -123,12 +123,12 @@ PYPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 OWN_SCRIPT=0
 if [[ -z "${MEGATRON_LM:-}" ]]; then
     # Asked here too, so that the message comes once, before any rank starts.
-    if ! PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.megatron_loop own; then
+    if ! PYTHONPATH="$PYPATH" "$PYTHON" -m megatron_rw.megatron_training.installed own; then
         echo "pretrain_gpt_rw.sh: $PYTHON has no megatron.training (megatron-core's wheels ship it from 0.17 on): install megatron-core >= 0.17, or set MEGATRON_LM=/path/to/Megatron-LM" >&2
         exit 2
     fi
     # Megatron's own training loop from the installed megatron-core, driven by the project's
-    # pretrain_gpt.py through the patch (and on a CPU with megatron_lm_cpu's flags).
+    # pretrain_gpt.py through the patch (and on a CPU with megatron_rw.cpu.megatron_lm's flags).
     TRAINER=(-m megatron_rw.pretrain_gpt)
     TRAINER_NAME="Megatron's training loop (installed megatron.training)"
     OWN_SCRIPT=1
@@ -142,9 +142,9 @@ else
     PYPATH="$MEGATRON_LM:$PYPATH"
     TRAINER=("$REPO/patches/megatron_lm/pretrain_gpt_rw.py")
     if [[ "$HAS_CUDA" == 0 ]]; then
-        TRAINER=(-m megatron_rw.megatron_lm_cpu "${TRAINER[@]}")
+        TRAINER=(-m megatron_rw.cpu.megatron_lm "${TRAINER[@]}")
         mapfile -t CPU_ARGS < <(PYTHONPATH="$REPO" "$PYTHON" -c \
-            'from megatron_rw.megatron_lm_cpu import CPU_FLAGS; print("\n".join(CPU_FLAGS))')
+            'from megatron_rw.cpu.megatron_lm import CPU_FLAGS; print("\n".join(CPU_FLAGS))')
         PRECISION_ARGS+=("${CPU_ARGS[@]}")
     fi
     TRAINER_NAME="Megatron-LM $MEGATRON_LM"

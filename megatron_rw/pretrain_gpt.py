@@ -6,7 +6,7 @@
 What examples/pretrain_gpt_rw.sh runs on every rank when no ``MEGATRON_LM`` checkout is given:
 the installed megatron-core's ``megatron.training`` (0.17 on) driven by
 megatron_rw/megatron_training/pretrain_gpt.py, run through patches/megatron_lm/pretrain_gpt_rw.py
-as a checkout's script would be. Without CUDA it runs through megatron_rw.megatron_lm_cpu, with
+as a checkout's script would be. Without CUDA it runs through megatron_rw.cpu.megatron_lm, with
 that module's ``CPU_FLAGS`` before the given flags (a given flag wins); on a GPU without
 Transformer Engine (a plain venv) with megatron-core's local layers and no TE-only fusions
 (:data:`NO_TE_FLAGS`, which Megatron's defaults would otherwise need). Every flag is Megatron's
@@ -34,7 +34,7 @@ NO_LOOP = ("megatron_rw.pretrain_gpt: {python} has no megatron.training (megatro
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from megatron_rw.megatron_loop import has_training_loop
+    from megatron_rw.megatron_training.installed import has_training_loop
 
     if not has_training_loop():
         print(NO_LOOP.format(python=sys.executable), file=sys.stderr)
@@ -47,7 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import torch
 
-    from megatron_rw import megatron_lm_cpu
+    from megatron_rw.cpu import megatron_lm as megatron_lm_cpu
 
     if not torch.cuda.is_available():
         first = list(megatron_lm_cpu.CPU_FLAGS)

@@ -22,7 +22,7 @@ Scores span ``[0, delta]`` like ``linupper``'s, so ``r`` means the same (max/min
 most ``e^(delta/r)``). With no outlier the median sample is on the plateau, so any sample
 beyond ``PLATEAU_END + FALL`` gets less than the median weight.
 
-The constants come from ``results/loss_distribution.json`` (``benchmarks.loss_distribution`` on
+The constants come from ``results/loss_distribution.json`` (``benchmarks.quality.loss_distribution`` on
 a 300-iteration tiny_cpu GPT run on the noisy corpus with uniform weights, seed 1234, 104 logged
 global micro-batches of 16 rows after burn-in): clean rows have z in [-1.30, +0.83] (5-95 %) and
 only 2.7 % have z > 1 (0.2 % z > 2); every random-token row has z > 1.17, 90 % z > 2 (71 % in

@@ -30,7 +30,7 @@ from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 from megatron.core.transformer import TransformerConfig
 
 from megatron_rw.compat import slice_for_context_parallel
-from megatron_rw.cpu_layers import cpu_gpt_block_spec
+from megatron_rw.cpu.layers import cpu_gpt_block_spec
 
 VOCAB, SEQ, HIDDEN, HEADS, LAYERS = 128, 32, 64, 4, 4
 

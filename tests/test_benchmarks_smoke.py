@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from benchmarks import scaling_model
-from benchmarks.overhead import analyse
-from benchmarks.weights_cost import measure_local
+from benchmarks.cost import scaling_model
+from benchmarks.cost.overhead import analyse
+from benchmarks.cost.weights_cost import measure_local
 
 
 def test_weights_cost_local_tiny():
@@ -48,7 +48,7 @@ def test_overhead_analysis_pairs():
 
 def test_unit_costs_runs_every_variant(tmp_path):
     """Two processes, 3 rounds: every variant timed, ratios against the right reference."""
-    from benchmarks import unit_costs
+    from benchmarks.cost import unit_costs
 
     out = tmp_path / "unit_costs.json"
     assert unit_costs.main(["--rounds", "3", "--out", str(out)]) == 0
@@ -63,7 +63,7 @@ def test_unit_costs_runs_every_variant(tmp_path):
 
 
 def test_weights_variants_cost_times_every_variant_without_host_syncs():
-    from benchmarks import weights_variants_cost as wvc
+    from benchmarks.cost import weights_variants_cost as wvc
 
     assert wvc.host_syncs() == {v: [] for v in wvc.VARIANTS}
     result = wvc.measure(sizes=(64, 256), repeats=3)

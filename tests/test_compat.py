@@ -74,13 +74,13 @@ def test_reweighting_gathers_over_every_rank_with_distinct_data_under_gtp(record
 
 
 def test_reading_megatron_training_agrees_with_importing_it():
-    """megatron_rw.megatron_loop answers from the installed files without importing them; the
+    """megatron_rw.megatron_training.installed answers from the installed files without importing them; the
     answers must be what importing megatron.training finds (each version of the range: 0.16.1
     has no megatron.training, 0.17.1 a loop without set names, 0.18.2 and 0.19.x both)."""
     import dataclasses
     import importlib
 
-    from megatron_rw import megatron_loop
+    from megatron_rw.megatron_training import installed as megatron_loop
 
     try:
         training = importlib.import_module("megatron.training.training")

@@ -1,4 +1,4 @@
-"""benchmarks/gpt_sweep_report.py on synthetic run directories with known numbers: paired
+"""benchmarks/quality/gpt_sweep_report.py on synthetic run directories with known numbers: paired
 differences, the verdict, steps to uniform's final loss (interpolated, or not reached), weights
 after burn-in, and that unfinished runs stay out of every comparison."""
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from benchmarks import gpt_sweep_report as rep
+from benchmarks.quality import gpt_sweep_report as rep
 
 SEEDS = (1234, 2345, 3456)
 EVALS = range(50, 401, 50)
@@ -132,7 +132,7 @@ def test_blend_shares_and_main_writes_json(runs_dir, tmp_path, capsys):
 
 def test_plots_are_written(runs_dir, tmp_path):
     pytest.importorskip("matplotlib")
-    from benchmarks import gpt_sweep_plots
+    from benchmarks.quality import gpt_sweep_plots
 
     names = gpt_sweep_plots.plot_all(rep.build(str(runs_dir)), str(tmp_path))
     assert all((tmp_path / n).stat().st_size > 0 for n in names) and len(names) == 3

@@ -1,7 +1,7 @@
 """The loss hook on a CUDA device: no host synchronisation, CPU-equal weights, and ``uniform``
 through megatron-core's real schedule with a bf16 GPTModel bit for bit Megatron-LM's loss.
 
-Skipped without CUDA. ``benchmarks/gpu_check.py`` runs these (and tests/test_gpu_pretrain.py) on
+Skipped without CUDA. ``benchmarks/gpu/gpu_check.py`` runs these (and tests/test_gpu_pretrain.py) on
 the lent GPU; docs/gpu_check.md says how. One GPU cannot run an NCCL group of two ranks (NCCL
 refuses two ranks on one device), so the data-parallel all-gather of the hook is exercised with a
 group of one; its multi-rank arithmetic is covered on CPU/gloo by tests/test_equivalence.py.
@@ -157,7 +157,7 @@ def _baseline_mean(loss_mask, output_tensor):
 
 
 def _train(loss_func, contract, steps=2, micro=2, rows=4):
-    """Build a bf16 GPT (benchmarks/gpt_model.py: local layers without Transformer Engine,
+    """Build a bf16 GPT (benchmarks/gpu/gpt_model.py: local layers without Transformer Engine,
     Megatron DDP with fp32 grad reduction, bf16 Adam with fp32 main params) from a fixed
     seed and run ``steps`` optimizer steps through ``get_forward_backward_func``. Returns the
     reported losses, every main_grad after each backward and every parameter after each step."""
@@ -166,7 +166,7 @@ def _train(loss_func, contract, steps=2, micro=2, rows=4):
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from benchmarks import gpt_model
+    from benchmarks.gpu import gpt_model
     from benchmarks.megatron_args import LAUNCHER_FLAGS, parse_flags
     from tests import _layouts as L
 

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py without a GPU: it exits at once, and the parts that read, summarise,
+"""benchmarks/gpu/gpu_check.py without a GPU: it exits at once, and the parts that read, summarise,
 plot and write results work on synthetic and on real (CPU-sized) inputs."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from benchmarks import gpu_check as G
-from benchmarks import gpu_check_report as R
+from benchmarks.gpu import gpu_check as G
+from benchmarks.gpu import gpu_check_report as R
 from tests.workers.launch import REPO
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
@@ -25,7 +25,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="py
 
 
 def run_scalars(shift=0.0, iters=(5, 10, 15, 20), warmup=10):
-    """What a run of Megatron's loop leaves in TensorBoard (megatron_rw.run_log's shape): step
+    """What a run of Megatron's loop leaves in TensorBoard (megatron_rw.megatron_training.run_log's shape): step
     keys every 5 iterations, two validation sets every 10."""
     scalars = {}
     for it in iters:
@@ -48,7 +48,7 @@ def run_scalars(shift=0.0, iters=(5, 10, 15, 20), warmup=10):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_exits_at_once_without_cuda(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out-dir", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu.gpu_check", "--out-dir", str(tmp_path)],
                           cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == G.NO_CUDA == 3
@@ -145,7 +145,7 @@ def test_gpu_runs_flags_parse_for_one_gpu(monkeypatch):
     # 200 steps of 16 x 1024 tokens stay under one epoch of the small corpus (3.9 M train tokens).
     assert args.train_iters * args.global_batch_size * args.seq_length < 3.9e6
     # The overhead run: the config's model and optimizer at GPT-2's vocabulary, padded as
-    # Megatron pads it (benchmarks/gpt_model.py).
+    # Megatron pads it (benchmarks/gpu/gpt_model.py).
     args = parse_flags(G.config_flags(config) + ["--micro-batch-size", "8", "--bf16"] + data)
     divisor = args.make_vocab_size_divisible_by * args.tensor_model_parallel_size
     assert math.ceil(50257 / divisor) * divisor == 50304 and args.bf16

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from megatron_rw.data.flags import data_flags
-from megatron_rw.run_log import read_run
+from megatron_rw.megatron_training.run_log import read_run
 from tests.data.tiny_corpus import build_tiny_corpus
 from tests.workers.launch import REPO, free_port
 
@@ -44,7 +44,7 @@ def iteration_lines(log):
 
 
 def scalars(out):
-    """``{iteration: {tag: value}}`` from the run's TensorBoard events (megatron_rw.run_log)."""
+    """``{iteration: {tag: value}}`` from the run's TensorBoard events (megatron_rw.megatron_training.run_log)."""
     return read_run(str(out / "tensorboard"))[0]
 
 
@@ -113,8 +113,8 @@ def test_sample_log_writes_the_first_data_rank_rows(dp2_run):
 
 
 def test_benchmark_rows_from_a_megatron_run(dp2_run, corpus):
-    """benchmarks.run_metrics: the rows the evaluation reports read, from the run's events."""
-    from benchmarks.run_metrics import blend_shares, metrics_rows
+    """benchmarks.quality.run_metrics: the rows the evaluation reports read, from the run's events."""
+    from benchmarks.quality.run_metrics import blend_shares, metrics_rows
 
     out, _ = dp2_run
     shares = blend_shares(os.path.join(corpus["dir"], "manifest.json"))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from benchmarks import loss_distribution
+from benchmarks.quality import loss_distribution
 
 NAMES = ["books", "code", "duplicated", "random"]
 

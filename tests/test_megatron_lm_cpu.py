@@ -1,4 +1,4 @@
-"""megatron_rw.megatron_lm_cpu: the shims Megatron-LM's training loop needs on a CPU."""
+"""megatron_rw.cpu.megatron_lm: the shims Megatron-LM's training loop needs on a CPU."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sysconfig
 
 import pytest
 
-from megatron_rw import megatron_lm_cpu
+from megatron_rw.cpu import megatron_lm as megatron_lm_cpu
 
 
 def test_built_dataset_helpers_are_not_rebuilt(monkeypatch, tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import preview_check as pc
+from benchmarks.quality import preview_check as pc
 
 
 def _rows(loss_shift=0.0):

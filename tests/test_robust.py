@@ -13,7 +13,7 @@ from megatron_rw.weights import normalise_losses
 BUILTINS = ["uniform", "linupper", "quadratic", "extremes"]
 
 # Two global micro-batches (16 rows) logged at iteration 100 of the tiny_cpu GPT on the noisy
-# corpus (runs/lossdist-uniform-s1234, see benchmarks/loss_distribution.py): D = duplicated
+# corpus (runs/lossdist-uniform-s1234, see benchmarks/quality/loss_distribution.py): D = duplicated
 # document, R = random token ids, . = real text.
 REAL_BATCHES = [
     ([5.985, 6.288, 5.803, 6.055, 5.88, 3.609, 7.79, 5.244, 5.82, 6.101, 5.898, 5.308, 5.803,

@@ -9,10 +9,10 @@ import subprocess
 
 import pytest
 
-from benchmarks import gpt_sweep, rw_eval, rw_eval_estimate, rw_eval_runs
-from benchmarks import rw_eval_report as rep
+from benchmarks.quality import gpt_sweep, rw_eval, rw_eval_estimate, rw_eval_plan, rw_eval_runs
+from benchmarks.quality import rw_eval_report as rep
 
-SEEDS = rw_eval.SEEDS
+SEEDS = rw_eval_plan.SEEDS
 
 
 def _value(flags, name):
@@ -20,7 +20,7 @@ def _value(flags, name):
 
 
 def test_plan_is_seed_major_and_complete():
-    runs = rw_eval.plan(combo=None, best=None)
+    runs = rw_eval_plan.plan(combo=None, best=None)
     names = [r.name for r in runs]
     assert len(names) == len(set(names)) == 2 * 6 * 3 + 3 * 3 + 3 * 2
     first = [r.seed for r in runs[:6 + 6 + 3 + 3]]
@@ -31,7 +31,7 @@ def test_plan_is_seed_major_and_complete():
     assert {r.name for r in runs if r.variant_flags is None} == (
         {f"{g}-robust-best-s{s}" for g in ("clean", "noisy") for s in SEEDS}
         | {f"scale-best-s{s}" for s in SEEDS[:2]})
-    chosen = rw_eval.plan(combo=("--sample-reweight-strategy", "robust", "--x", "1"),
+    chosen = rw_eval_plan.plan(combo=("--sample-reweight-strategy", "robust", "--x", "1"),
                           best=("--y",))
     combo = next(r for r in chosen if r.name == "noisy-robust-best-s1234")
     assert combo.flags()[-4:] == ["--sample-reweight-strategy", "robust", "--x", "1"]
@@ -39,7 +39,7 @@ def test_plan_is_seed_major_and_complete():
 
 
 def test_variant_flags_and_matched_budgets():
-    runs = {r.name: r for r in rw_eval.plan()}
+    runs = {r.name: r for r in rw_eval_plan.plan()}
     ess = runs["clean-ess0.7-s1234"].flags()
     assert _value(ess, "--sample-reweight-target-ess") == "0.7"
     assert _value(ess, "--sample-reweight-strategy") == "linupper"
@@ -51,37 +51,37 @@ def test_variant_flags_and_matched_budgets():
     assert doc[:len(sample)] == sample and doc[len(sample):] == ["--sample-reweight-unit", "document"]
     # every run of the document comparison (uniform included) has the same token budget, and
     # the seq-128 groups' tokens per step
-    tiny = rw_eval_runs.config_flags(rw_eval.TINY)
+    tiny = rw_eval_runs.config_flags(rw_eval_plan.TINY)
     for name in ("clean-uniform-s1234", "noisy1024-uniform-s1234", "noisy1024-linupper-r1-s1234",
                  "noisy1024-linupper-r1-doc-s1234"):
         f = [*tiny, *runs[name].flags()]
         tokens = int(_value(f, "--seq-length")) * int(_value(f, "--global-batch-size"))
-        iters = "400" if name.startswith("clean") else str(rw_eval.DOC_ITERS)
+        iters = "400" if name.startswith("clean") else str(rw_eval_plan.DOC_ITERS)
         assert (tokens, _value(f, "--train-iters")) == (32 * 128, iters), name
     assert _value([*tiny, *runs["noisy1024-uniform-s1234"].flags()], "--seq-length") == "1024"
     # the seq-128 groups keep the existing sweep's settings: uniform's flags are the sweep's
     sweep = gpt_sweep.Run("clean", "uniform", 1.0, 1234).flags()
     assert runs["clean-uniform-s1234"].flags() == sweep[:len(gpt_sweep.COMMON) + 2] + sweep[-4:-2]
     scale = runs["scale-linupper-r1-s1234"]
-    assert scale.config.endswith("small_cpu.sh") and scale.iters == rw_eval.SCALE_ITERS
-    assert _value(scale.flags(), "--train-iters") == str(rw_eval.SCALE_ITERS)
+    assert scale.config.endswith("small_cpu.sh") and scale.iters == rw_eval_plan.SCALE_ITERS
+    assert _value(scale.flags(), "--train-iters") == str(rw_eval_plan.SCALE_ITERS)
 
 
 def test_refused_names_the_reason():
-    runs = {r.name: r for r in rw_eval.plan(combo=None, best=None)}
+    runs = {r.name: r for r in rw_eval_plan.plan(combo=None, best=None)}
     assert rw_eval_runs.refused(runs["clean-uniform-s1234"]) is None
     assert "not chosen" in rw_eval_runs.refused(runs["clean-robust-best-s1234"])
     assert "not chosen" in rw_eval_runs.refused(runs["scale-best-s1234"])
-    chosen = {r.name: r for r in rw_eval.plan()}  # the committed choice is one the trainer takes
-    assert rw_eval.COMBO_FLAGS is None or rw_eval_runs.refused(chosen["clean-robust-best-s1234"]) is None
-    assert rw_eval.BEST_FLAGS is None or rw_eval_runs.refused(chosen["scale-best-s1234"]) is None
-    bad = rw_eval.plan(combo=("--sample-reweight-no-such-flag", "1"))
+    chosen = {r.name: r for r in rw_eval_plan.plan()}  # the committed choice is one the trainer takes
+    assert rw_eval_plan.COMBO_FLAGS is None or rw_eval_runs.refused(chosen["clean-robust-best-s1234"]) is None
+    assert rw_eval_plan.BEST_FLAGS is None or rw_eval_runs.refused(chosen["scale-best-s1234"]) is None
+    bad = rw_eval_plan.plan(combo=("--sample-reweight-no-such-flag", "1"))
     why = rw_eval_runs.refused(next(r for r in bad if r.variant == "robust-best"))
     assert why.startswith("trainer refuses") and "no-such-flag" in why
 
 
 def test_run_record_refuses_other_flags(tmp_path):
-    run = next(r for r in rw_eval.plan() if r.name == "clean-linupper-r1-s1234")
+    run = next(r for r in rw_eval_plan.plan() if r.name == "clean-linupper-r1-s1234")
     assert rw_eval_runs.check_record(run, str(tmp_path)) is None  # written
     assert rw_eval_runs.check_record(run, str(tmp_path)) is None  # same flags: fine
     saved = json.loads((tmp_path / run.name / "run.json").read_text())
@@ -90,7 +90,7 @@ def test_run_record_refuses_other_flags(tmp_path):
     saved = json.loads((tmp_path / run.name / "run.json").read_text())
     assert saved["sessions"] == [{"wall_s": 10.0, "cpu_s": 15.0}]
     assert rw_eval_runs.check_record(run, str(tmp_path)) is None
-    other = next(r for r in rw_eval.plan(iters=20) if r.name == run.name)
+    other = next(r for r in rw_eval_plan.plan(iters=20) if r.name == run.name)
     assert "other flags" in rw_eval_runs.check_record(other, str(tmp_path))
 
 
@@ -135,7 +135,7 @@ def _write_run(root, run, finals, weights, r=1.0, last=None, ess=0.9):
 
 @pytest.fixture
 def runs_dir(tmp_path):
-    plan = {r.name: r for r in rw_eval.plan()}
+    plan = {r.name: r for r in rw_eval_plan.plan()}
     for k, seed in enumerate(SEEDS):
         for group in ("clean", "noisy"):
             _write_run(tmp_path, plan[f"{group}-uniform-s{seed}"],
@@ -220,12 +220,12 @@ def test_list_prints_estimates_per_group(runs_dir, tmp_path, capsys, monkeypatch
         (runs_dir / f"clean-uniform-s{seed}" / "latest_checkpointed_iteration.txt").write_text("400")
     timing = tmp_path / "timing.json"
     prof = {"s_per_iter": 0.5, "startup_s": 20.0, "eval_s": 10.0, "cpu_share": 0.5}
-    timing.write_text(json.dumps({"profiles": {p: prof for p in rw_eval.PROFILES}}))
+    timing.write_text(json.dumps({"profiles": {p: prof for p in rw_eval_plan.PROFILES}}))
     # --results: the repository's own archive of finished runs (results/rw_eval_runs) stays out.
     assert rw_eval.main(["--list", "--runs-dir", str(runs_dir), "--timing", str(timing),
                          "--results", str(tmp_path / "results")]) == 0
     printed = capsys.readouterr().out
-    run = next(r for r in rw_eval.plan() if r.name == "clean-uniform-s1234")
+    run = next(r for r in rw_eval_plan.plan() if r.name == "clean-uniform-s1234")
     # 400 iterations: 20 + 400 x 0.5 + 8 evaluations x 10 = 300 s at the measured load
     assert rw_eval_estimate.estimate_s(run, {"tiny": prof}) == pytest.approx(300.0)
     assert rw_eval_estimate.estimate_s(run, {"tiny": prof}, two_core=True) == pytest.approx(150.0)
@@ -233,7 +233,7 @@ def test_list_prints_estimates_per_group(runs_dir, tmp_path, capsys, monkeypatch
     assert "blocked: flags not chosen yet" in printed
     lines = {ln.split()[0]: ln.split() for ln in printed.splitlines() if ln.strip()}
     assert lines["clean"][1] == "18" and lines["scale"][1] == "6"  # runs per group
-    assert lines["all"][1] == str(len(rw_eval.plan()))
+    assert lines["all"][1] == str(len(rw_eval_plan.plan()))
     # clean: 18 runs of 300 s = 1.50 h at the measured load (half on 2 idle cores); 2 are done
     assert lines["clean"][2:] == ["0.75h", "1.50h", "0.67h", "1.33h"]
 
@@ -242,7 +242,7 @@ def test_main_skips_done_and_blocked_runs_without_training(runs_dir, capsys, mon
     for name in os.listdir(runs_dir):
         (runs_dir / name / "latest_checkpointed_iteration.txt").write_text(
             "200" if name == "clean-ess0.7-s1234" else "400" if "scale" not in name
-            else str(rw_eval.SCALE_ITERS))
+            else str(rw_eval_plan.SCALE_ITERS))
     monkeypatch.setattr(gpt_sweep, "run_one", lambda *a, **k: pytest.fail("launched a run"))
     monkeypatch.setattr(rw_eval, "COMBO_FLAGS", None)  # as before the choice was committed
     data = runs_dir / "data"
@@ -264,7 +264,7 @@ def test_main_skips_done_and_blocked_runs_without_training(runs_dir, capsys, mon
 def test_docs_per_row_counts_document_segments():
     import numpy
 
-    from benchmarks.docs_per_row import units_per_row
+    from benchmarks.quality.docs_per_row import units_per_row
     # documents of 64 tokens (EOD included), rows of 128 labels starting at stream position 1:
     # EODs at 63 and 127 end two units, the third is still open at the row's end
     u = units_per_row(numpy.full(100, 64), 128)
@@ -278,7 +278,7 @@ def test_docs_per_row_counts_document_segments():
 
 
 def test_timing_analysis_of_a_log():
-    from benchmarks.rw_eval_timing import analyse
+    from benchmarks.quality.rw_eval_timing import analyse
 
     line = ("iteration {:8d}/      20 | consumed samples: 1 | elapsed time per iteration (ms): {} |"
             " learning rate: 1E-3 |")
@@ -295,7 +295,7 @@ def test_timing_analysis_of_a_log():
 
 def test_finished_runs_are_archived_and_count_when_the_runs_dir_is_lost(runs_dir,
                                                                         tmp_path_factory):
-    plan = {r.name: r for r in rw_eval.plan()}
+    plan = {r.name: r for r in rw_eval_plan.plan()}
     for name in os.listdir(runs_dir):  # the runner's checkpoints: at the last iteration if done
         if name in plan:
             last = 200 if name == "clean-ess0.7-s1234" else plan[name].iters
@@ -314,7 +314,7 @@ def test_finished_runs_are_archived_and_count_when_the_runs_dir_is_lost(runs_dir
 
 
 def test_markdown_tables_of_the_report(report):
-    from benchmarks import rw_eval_table
+    from benchmarks.quality import rw_eval_table
     md = rw_eval_table.markdown(report)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     # plan order within a group: uniform first, then linupper r 1.0, then the target ESS
@@ -334,7 +334,7 @@ def test_markdown_tables_of_the_report(report):
 
 
 def test_units_pairs_documents_with_rows_by_seed():
-    from benchmarks import rw_eval_table
+    from benchmarks.quality import rw_eval_table
 
     def variant(per_seed):
         return {"final": {"all": {"per_seed": per_seed}, "qa": {"per_seed": per_seed}}}

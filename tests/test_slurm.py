@@ -2,7 +2,7 @@
 
 Every run is the launcher's default: Megatron's own training loop from the installed
 megatron-core (megatron_rw/megatron_training/pretrain_gpt.py through the patch), compared by what
-it wrote to TensorBoard (megatron_rw.run_log).
+it wrote to TensorBoard (megatron_rw.megatron_training.run_log).
 
 1. ``sbatch --nodes 2`` of the unmodified examples/slurm/pretrain_gpt_rw.sbatch trains DP2 across
    the two nodes (one process each, gloo), and every logged number equals the same configuration
@@ -105,8 +105,8 @@ def wait_until(predicate, timeout, what, poll=0.5):
 
 def train_rows(out):
     """What the run logged per training iteration (for an iteration logged twice, after a resume,
-    the later value: megatron_rw.run_log)."""
-    from megatron_rw.run_log import read_run
+    the later value: megatron_rw.megatron_training.run_log)."""
+    from megatron_rw.megatron_training.run_log import read_run
 
     return {it: row for it, row in read_run(str(out / "tensorboard"))[0].items()
             if "lm loss" in row}

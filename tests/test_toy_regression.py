@@ -1,4 +1,4 @@
-"""benchmarks/toy_regression.py on a tiny setting: the SGD it runs, its metrics and its outputs."""
+"""benchmarks/quality/toy_regression.py on a tiny setting: the SGD it runs, its metrics and its outputs."""
 
 import dataclasses
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from benchmarks import toy_regression as toy
+from benchmarks.quality import toy_regression as toy
 from megatron_rw import compute_sample_weights
 
 TINY = dataclasses.replace(toy.SETTINGS[1], n_train=96, n_test=64, dim=5, batch=8, steps=30, log_every=10)

@@ -1,9 +1,10 @@
-# tiny_cpu's GPT at about 4x the parameters: the scale point of benchmarks/rw_eval.py.
+# tiny_cpu's GPT at about 4x the parameters: the scale point of benchmarks/quality/rw_eval.py.
 # Sourced by examples/pretrain_gpt_rw.sh; flags given to the launcher override these.
 # Parameters (vocab 4096, tied embeddings, SwiGLU with ffn 4h, biases): V*h + h + L*(16h^2 + 15h)
 #   tiny_cpu  L4 h128: 1,580,672      small_cpu L5 h256: 6,310,912 (3.99x; 5.0x without embeddings)
 # Only width and depth change (heads of 64 instead of 32); data, batch, optimizer and schedule are
-# tiny_cpu's, so a difference between the two sizes comes from the model.
+# tiny_cpu's (the evaluation sets iterations, warm-up and burn-in for both), so a difference
+# between the two sizes comes from the model.
 MODEL_ARGS=(
     --num-layers 5 --hidden-size 256 --num-attention-heads 4 --seq-length 128
     --max-position-embeddings 128 --position-embedding-type rope

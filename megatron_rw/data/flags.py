@@ -33,7 +33,7 @@ def data_flags(corpus_dir: str, per_domain_validation: bool = False,
     Args:
         per_domain_validation: one validation set per domain (see the module's docstring).
         set_names: pass ``--validation-set-names``; None asks the installed
-            ``megatron.training`` (:func:`megatron_rw.megatron_loop.names_validation_sets`).
+            ``megatron.training`` (:func:`megatron_rw.megatron_training.installed.names_validation_sets`).
 
     Raises:
         FileNotFoundError: no manifest, or a dataset file it names is missing under ``corpus_dir``.
@@ -63,7 +63,7 @@ def data_flags(corpus_dir: str, per_domain_validation: bool = False,
     if per_domain_validation:
         flags += ["--multiple-validation-sets", "--full-validation"]
         if set_names is None:
-            from megatron_rw.megatron_loop import names_validation_sets
+            from megatron_rw.megatron_training.installed import names_validation_sets
             set_names = names_validation_sets()
         if set_names:
             flags += ["--validation-set-names", *names]

@@ -22,7 +22,7 @@ from megatron.training.arguments import core_transformer_config_from_args
 def needs_project_layers(args) -> bool:
     """``--transformer-impl local`` with a layout its layer spec cannot run: context
     parallelism (its attention asserts one CP rank) or sequence parallelism (its norms refuse
-    it), and no ``--spec``. The project's spec (megatron_rw/cpu_layers.py) builds plain GPT
+    it), and no ``--spec``. The project's spec (megatron_rw/cpu/layers.py) builds plain GPT
     layers: MoE or MTP there is refused."""
     local = getattr(args, "transformer_impl", "local") == "local"
     needed = (local and (args.context_parallel_size > 1 or args.sequence_parallel)
@@ -49,7 +49,7 @@ def model_provider(pre_process: bool = True, post_process: bool = True, vp_stage
     if args.spec is not None:
         spec = import_module(args.spec)
     elif needs_project_layers(args):
-        from megatron_rw.cpu_layers import cpu_gpt_block_spec
+        from megatron_rw.cpu.layers import cpu_gpt_block_spec
         spec = cpu_gpt_block_spec(config, vp_stage=vp_stage)
     else:
         spec = get_gpt_decoder_block_spec(config, **layers)

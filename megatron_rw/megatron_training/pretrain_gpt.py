@@ -12,7 +12,7 @@ exactly as for a checkout:
     PYTHONPATH=$REPO/megatron_rw/megatron_training:$REPO torchrun --nproc-per-node 8 \\
         patches/megatron_lm/pretrain_gpt_rw.py <pretrain_gpt flags> --sample-reweight-strategy linupper
 
-(``python -m megatron_rw.megatron_lm_cpu patches/megatron_lm/pretrain_gpt_rw.py ...`` on a CPU.)
+(``python -m megatron_rw.cpu.megatron_lm patches/megatron_lm/pretrain_gpt_rw.py ...`` on a CPU.)
 Run alone it trains Megatron's unweighted loss.
 
 With ``--transformer-impl local`` (a CPU), context and sequence parallelism run on the project's
@@ -197,7 +197,7 @@ def full_validation_batches(args) -> None:
 
 
 def layer_spec_for_local_layouts(args, model_config) -> None:
-    """Give ``--transformer-impl local`` the project's layer spec (megatron_rw/cpu_layers.py)
+    """Give ``--transformer-impl local`` the project's layer spec (megatron_rw/cpu/layers.py)
     where Megatron's local spec cannot run the layout: context parallelism (its attention
     asserts one CP rank) and sequence parallelism (its norms refuse it). The project's spec is
     the local one with attention that all-gathers keys and values over the CP group and norms
@@ -207,7 +207,7 @@ def layer_spec_for_local_layouts(args, model_config) -> None:
 
     if not needs_project_layers(args):
         return
-    from megatron_rw.cpu_layers import cpu_gpt_block_spec
+    from megatron_rw.cpu.layers import cpu_gpt_block_spec
 
     def block_spec(config, vp_stage=None):
         return cpu_gpt_block_spec(config.transformer, vp_stage=vp_stage)

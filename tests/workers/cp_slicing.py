@@ -17,7 +17,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from megatron_rw.cpu_runtime import enable_cpu_runtime
+from megatron_rw.cpu.runtime import enable_cpu_runtime
 
 ROWS, SEQ = 4, 16
 LAYOUTS = {"dp4": dict(), "dp2xcp2": dict(context_parallel_size=2),

@@ -33,7 +33,7 @@ import torch.distributed as dist  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
-from megatron_rw.cpu_runtime import backend, enable_cpu_runtime  # noqa: E402
+from megatron_rw.cpu.runtime import backend, enable_cpu_runtime  # noqa: E402
 
 enable_cpu_runtime()
 

@@ -27,7 +27,7 @@ Phases:
   project's megatron_rw/megatron_training/pretrain_gpt.py (first on PYTHONPATH). For DP2, TP2 and
   PP2, MoE EP2 and MTP on PP2 the checkout's script unpatched against the project's script
   through the patch with ``uniform``; then the project's script with linupper.
-- ``timing`` (benchmarks/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
+- ``timing`` (benchmarks/cost/megatron_lm_overhead.py): per layout, ``--pairs`` pairs of runs of
   ``--iters`` iterations, the unpatched ``pretrain_gpt.py`` and the patch with linupper (r = 0.4,
   no burn-in), alternating A B / B A; each run's median time per iteration.
 Writes ``WORK/<phase>.json`` (rank 0): per run the records and the bitwise comparisons, the
@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PATCH = os.path.join(REPO, "patches", "megatron_lm", "pretrain_gpt_rw.py")
 
-from megatron_rw.megatron_lm_cpu import CPU_FLAGS, enable_megatron_lm_cpu  # noqa: E402
+from megatron_rw.cpu.megatron_lm import CPU_FLAGS, enable_megatron_lm_cpu  # noqa: E402
 
 enable_megatron_lm_cpu()
 

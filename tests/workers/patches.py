@@ -37,7 +37,7 @@ STANDIN = os.path.join(REPO, "tests", "workers", "megatron_lm_standin")
 SCRIPT = os.path.join(REPO, "patches", "megatron_lm", "pretrain_gpt_rw.py")
 sys.path[:0] = [STANDIN, REPO]
 
-from megatron_rw.cpu_runtime import backend, enable_cpu_runtime  # noqa: E402
+from megatron_rw.cpu.runtime import backend, enable_cpu_runtime  # noqa: E402
 
 enable_cpu_runtime()
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_rw import ReweightConfig, reweighted_loss_func
-from megatron_rw.cpu_runtime import enable_cpu_runtime
+from megatron_rw.cpu.runtime import enable_cpu_runtime
 
 B, S = 3, 8
 

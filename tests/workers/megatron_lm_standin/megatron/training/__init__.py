@@ -77,7 +77,7 @@ def pretrain(train_valid_test_dataset_provider, model_provider, model_type, forw
     """Megatron-LM's signature; builds the tiny GPT itself (model_provider and the dataset
     provider are not called) and trains ``--train-iters`` steps of MICRO micro-batches."""
     global _ARGS
-    from megatron_rw.cpu_runtime import backend, enable_cpu_runtime
+    from megatron_rw.cpu.runtime import backend, enable_cpu_runtime
 
     enable_cpu_runtime()
     _ARGS = _parse_args(extra_args_provider, args_defaults)
