@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from megatron_rw.config import SCHEDULES, UNITS, ReweightConfig
+from megatron_rw.config import COLLECTIVES, SCHEDULES, UNITS, ReweightConfig
 from megatron_rw.strategies import available_strategies
 
 _DEFAULTS = ReweightConfig()
@@ -108,6 +108,13 @@ def add_sample_reweight_args(parser: argparse.ArgumentParser) -> argparse.Argume
                         "ESS, same unit) and log them per domain ('preview weight/<domain>'; "
                         "through the Megatron-LM patch 'preview weight share/<domain>') and "
                         "their ESS ('preview weight ess') without applying them. Default: off.")
+    g.add_argument("--sample-reweight-collective", choices=COLLECTIVES,
+                   default=_DEFAULTS.collective,
+                   help="How data-parallel ranks share what the weights need: 'gather' every "
+                        "loss (one all-gather of DP x micro-batch floats) or 'reduce' three "
+                        "all-reduces of a few scalars (log-depth trees on NCCL; same weights "
+                        "within ~1e-6; not with robust or a target ESS). "
+                        f"Default: {_DEFAULTS.collective}.")
     g.add_argument("--sample-reweight-skip-nonfinite", action="store_true",
                    help="Give samples with a NaN/Inf loss weight 0 and count them (invalid "
                         "samples) instead of stopping the run with Megatron's NaN/Inf check. "

@@ -98,3 +98,30 @@ def gather_over_data_parallel(
     out = local.new_empty((world * local.shape[0],) + tuple(local.shape[1:]))
     _all_gather_flat(out, local, group=group)
     return out, dist.get_rank(group=group) * local.shape[0]
+
+
+def max_over_data_parallel(values: torch.Tensor,
+                           group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    """Element-wise maximum of a few scalars over the data-parallel group.
+
+    Args:
+        values: ``[k]`` this rank's values (e.g. its highest loss and minus its lowest).
+        group: the data-parallel group (without context parallel).
+
+    Returns:
+        ``[k]`` the group's maxima, identical on every rank (a new tensor).
+    """
+    out = values.detach().clone()
+    if _size(group) > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.MAX, group=group)
+    return out
+
+
+def sum_over_data_parallel(values: torch.Tensor,
+                           group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+    """Element-wise sum of a few scalars over the data-parallel group; ``[k]`` -> ``[k]``,
+    identical on every rank (a new tensor)."""
+    out = values.detach().clone()
+    if _size(group) > 1:
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
+    return out

@@ -6,10 +6,11 @@ import argparse
 import math
 from dataclasses import dataclass, fields
 
-from megatron_rw.strategies import available_strategies
+from megatron_rw.strategies import available_strategies, get_normaliser
 
 SCHEDULES = ("constant", "linear", "geometric")
 UNITS = ("sample", "document")
+COLLECTIVES = ("gather", "reduce")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,13 @@ class ReweightConfig:
     applied: see on your own data what it would do before committing a run.
     Uses the same r (or target ESS) and unit. Empty = off."""
 
+    collective: str = "gather"
+    """How the data-parallel ranks share what the weights need (:mod:`megatron_rw.batch_weights`):
+    ``gather`` all-gathers every unit's loss (one collective of ``N`` floats); ``reduce``
+    all-reduces a few scalars three times (min and max loss, min and max score, the softmax
+    sums), which NCCL runs as log-depth trees. The same weights within ~1e-6; ``reduce`` serves
+    min-max-normalised strategies (not ``robust``) with an r known in advance (no target ESS)."""
+
     skip_nonfinite: bool = False
     """Ride through samples whose loss is NaN or Inf: weight 0, counted in ``invalid samples``.
     Off by default: a non-finite loss is how divergence and corrupted data show themselves, so
@@ -105,6 +113,18 @@ class ReweightConfig:
         if self.target_ess > 0 and self.schedule != "constant":
             fail("target_ess", f"chooses r itself; it cannot follow schedule {self.schedule!r} "
                  "(use --sample-reweight-schedule constant)")
+        if self.collective not in COLLECTIVES:
+            fail("collective", f"unknown collective {self.collective!r}; known: "
+                 + ", ".join(COLLECTIVES))
+        if self.collective == "reduce":
+            for what, name in (("strategy", self.strategy), ("preview", self.preview)):
+                if name and get_normaliser(name) is not None:
+                    fail("collective", f"reduce needs min-max normalised losses; {what} "
+                         f"{name!r} normalises with its own statistics (every loss needed): "
+                         "use gather")
+            if self.target_ess > 0:
+                fail("collective", "reduce cannot search r for a target ESS (every score "
+                     "needed): use gather, or a fixed --sample-reweight-r")
         if self.schedule not in SCHEDULES:
             fail("schedule", f"unknown schedule {self.schedule!r}; known: {', '.join(SCHEDULES)}")
         if self.schedule != "constant" and self.anneal_iters == 0:

@@ -9,10 +9,12 @@ packed row, are the samples):
 2. all-reduce over the context-parallel group -> whole-sequence sums, so every CP rank of a
    unit computes the same per-unit loss;
 3. per-unit loss ``sum / count`` (NaN if not finite, -inf if the unit has no tokens);
-4. all-gather over the data-parallel group -> ``[DP * b * U]``, the global micro-batch;
-5. scores, r (the schedule's, or the one with the target ESS) and weights (mean 1 over valid
-   units), :mod:`megatron_rw.weights` / :mod:`megatron_rw.ess`; keep this rank's units;
-6. each token loss is multiplied by its unit's weight; Megatron's own normalisation (by tokens
+4. this rank's weights of the global micro-batch (``DP * b * U`` units; mean 1 over the valid
+   ones): scores, r (the schedule's, or the one with the target ESS), tempered softmax
+   (:mod:`megatron_rw.weights`, :mod:`megatron_rw.ess`), from every loss all-gathered over the
+   data-parallel group, or from three all-reduced scalars (:mod:`megatron_rw.batch_weights`,
+   ``ReweightConfig.collective``);
+5. each token loss is multiplied by its unit's weight; Megatron's own normalisation (by tokens
    and micro-batches, or per token across DP) stays untouched.
 
 Weights are normalised per global micro-batch, not per global batch: the whole batch's losses
@@ -27,19 +29,12 @@ from typing import Dict, Optional, Tuple, Union
 
 import torch
 
-from megatron_rw.collectives import (
-    ReweightGroups,
-    gather_over_data_parallel,
-    sum_over_context_parallel,
-)
+from megatron_rw.batch_weights import local_weights
+from megatron_rw.collectives import ReweightGroups, sum_over_context_parallel
 from megatron_rw.config import ReweightConfig
-from megatron_rw.ess import temperature_for_ess
-from megatron_rw.schedule import temperature_at
-from megatron_rw.stats import weight_statistics
 from megatron_rw.telemetry import (  # noqa: F401  (the preview keys are re-exported)
     PREVIEW_WEIGHT, PREVIEW_WEIGHT_SHARE, SampleTelemetry)
 from megatron_rw.units import per_token, unit_sums
-from megatron_rw.weights import normalise_for, sample_scores, softmax_weights
 
 CONTRACTS = ("token_sum", "mean")
 
@@ -57,18 +52,6 @@ STAT_KEYS = {
 }
 TEMPERATURE = "reweight r"
 PREVIEW_ESS = "preview weight ess"
-
-
-def _weights(config: ReweightConfig, strategy: str, global_losses: torch.Tensor,
-             iteration: int) -> Tuple[torch.Tensor, Union[float, torch.Tensor]]:
-    """Weights ``[N]`` of the global micro-batch for ``strategy``, and the r they used: the
-    schedule's (a float; inf during burn-in) or, with a target ESS, the one chosen for these
-    scores (a 0-dim tensor: no host sync)."""
-    scores, ok = sample_scores(global_losses, strategy, config.delta)
-    r = temperature_at(config, iteration)
-    if config.target_ess > 0 and math.isfinite(r):
-        r = temperature_for_ess(scores, ok, config.target_ess)
-    return softmax_weights(scores, ok, r), r
 
 
 def reweighted_loss_func(
@@ -155,9 +138,10 @@ def reweighted_loss_func(
         per_unit = torch.where(valid, per_unit, torch.where(
             present, torch.full_like(per_unit, float("nan")), torch.full_like(per_unit, -math.inf)))
 
-        global_losses, offset = gather_over_data_parallel(per_unit, groups.data_parallel)
-        global_weights, r = _weights(config, config.strategy, global_losses, iteration)
-        weights = global_weights.narrow(0, offset, b * k)
+        wants_rows = telemetry is not None and telemetry.sink is not None
+        mine, *preview = local_weights(per_unit, config, iteration, groups.data_parallel,
+                                       with_normalised=wants_rows)
+        weights, r = mine.weights, mine.r
         if by_unit:
             token_valid = per_token(valid, units, k)
             token_weights = (mask * per_token(weights, units, k)).view(-1)
@@ -180,7 +164,7 @@ def reweighted_loss_func(
             WEIGHTED_LOSS: torch.stack([weighted_sum.detach(), num_tokens]),
         }
         one = torch.ones((), dtype=torch.float32, device=weights.device)
-        for name, value in weight_statistics(global_weights, global_losses).items():
+        for name, value in mine.stats.items():
             report[STAT_KEYS[name]] = torch.stack([value.float(), one])
         if isinstance(r, torch.Tensor):
             report[TEMPERATURE] = torch.stack([r.float(), one])
@@ -191,15 +175,12 @@ def reweighted_loss_func(
             telemetry = dataclasses.replace(telemetry, domain_ids=telemetry.domain_ids
                                             .repeat_interleave(config.units_per_row))
         if telemetry is not None:
-            _telemetry(telemetry, report, per_unit, weights, valid, global_losses, offset,
-                       config)
-        if config.preview:
-            preview, _ = _weights(config, config.preview, global_losses, iteration)
-            report[PREVIEW_ESS] = torch.stack(
-                [weight_statistics(preview, global_losses)["ess"].float(), one])
+            _telemetry(telemetry, report, per_unit, weights, valid, mine.normalised)
+        if preview:
+            report[PREVIEW_ESS] = torch.stack([preview[0].stats["ess"].float(), one])
             if telemetry is not None:
-                report.update(telemetry.per_domain(preview.narrow(0, offset, b * k), per_unit,
-                                                   valid, preview=True))
+                report.update(telemetry.per_domain(preview[0].weights, per_unit, valid,
+                                                   preview=True))
 
     if contract == "mean":
         # Legacy contract: mean over the whole sequences' tokens (summed over CP, as Megatron-LM's
@@ -210,15 +191,12 @@ def reweighted_loss_func(
 
 
 def _telemetry(telemetry: SampleTelemetry, report: dict, per_sample, weights, valid,
-               global_losses, offset: int, config: ReweightConfig) -> None:
-    """Add the per-domain pairs to ``report`` and hand this rank's rows to the sink."""
+               normalised: Optional[torch.Tensor]) -> None:
+    """Add the per-domain pairs to ``report`` and hand this rank's rows to the sink
+    (``normalised``: what the strategy scored, normalised over the whole global micro-batch)."""
     report.update(telemetry.per_domain(weights, per_sample, valid))
     if telemetry.sink is not None:
-        # The same normalisation the weights used, over the whole global micro-batch.
-        x = normalise_for(config.strategy, global_losses, torch.isfinite(global_losses),
-                          config.delta)
-        rows = {"loss": per_sample, "normalised": x.narrow(0, offset, weights.shape[0]),
-                "weight": weights, "valid": valid}
+        rows = {"loss": per_sample, "normalised": normalised, "weight": weights, "valid": valid}
         if telemetry.domain_ids is not None:
             rows["domain"] = telemetry.domain_ids
         telemetry.sink(rows)

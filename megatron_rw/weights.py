@@ -34,9 +34,21 @@ def normalise_losses(
     Returns:
         float32 ``[N]`` in ``[-delta, delta]``.
     """
+    lmin, lmax = loss_extremes(losses, valid)
+    return normalise_between(losses, valid, lmin, lmax, delta)
+
+
+def loss_extremes(losses: torch.Tensor, valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """0-dim ``(lowest, highest)`` valid loss; ``(inf, -inf)`` with none valid."""
     inf = torch.full_like(losses, math.inf)
-    lmax = torch.where(valid, losses, -inf).amax()
-    lmin = torch.where(valid, losses, inf).amin()
+    return torch.where(valid, losses, inf).amin(), torch.where(valid, losses, -inf).amax()
+
+
+def normalise_between(losses: torch.Tensor, valid: torch.Tensor, lmin: torch.Tensor,
+                      lmax: torch.Tensor, delta: float) -> torch.Tensor:
+    """:func:`normalise_losses` with the extremes given (those of the whole global micro-batch
+    when ``losses`` holds one rank's share of it): float32 ``[n]`` in ``[-delta, delta]``, 0 where
+    not valid."""
     # With no valid sample lmax - lmin = -inf; the floor keeps the division finite and the
     # final where discards the (meaningless) values.
     span = torch.clamp(lmax - lmin, min=RANGE_EPS)
@@ -113,6 +125,27 @@ def softmax_weights(
     n_valid = ok.sum().float()
     # (n_valid / total) is exactly 1.0 when every score ties, so uniform weights are exactly 1.
     return unnorm * (n_valid / total)
+
+
+def softmax_weights_between(scores: torch.Tensor, ok: torch.Tensor, r: Union[float, torch.Tensor],
+                            top: torch.Tensor, total: torch.Tensor,
+                            n_valid: torch.Tensor) -> torch.Tensor:
+    """:func:`softmax_weights` of one rank's share of the scores, with the global micro-batch's
+    highest valid score ``top``, its sum ``total`` of ``exp((s - top) / r)`` over valid scores
+    and its count ``n_valid`` of valid scores (0-dim tensors, the same on every rank).
+
+    Returns:
+        float32 ``[n]``: 0 where not ok; over the whole global micro-batch, mean 1.
+    """
+    unnorm = softmax_terms(scores, ok, r, top)
+    return unnorm * (n_valid / total.clamp(min=1.0))
+
+
+def softmax_terms(scores: torch.Tensor, ok: torch.Tensor, r: Union[float, torch.Tensor],
+                  top: torch.Tensor) -> torch.Tensor:
+    """``exp((s - top) / r)`` where ok, 0 elsewhere (the unnormalised tempered softmax)."""
+    neg_inf = torch.full_like(scores, -math.inf)
+    return torch.exp(torch.where(ok, (scores - top) / r, neg_inf))
 
 
 def compute_sample_weights(

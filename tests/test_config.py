@@ -9,7 +9,7 @@ EXPECTED_FLAGS = {
     "--sample-reweight-schedule", "--sample-reweight-r-start", "--sample-reweight-anneal-iters",
     "--sample-reweight-delta", "--sample-reweight-skip-nonfinite",
     "--sample-reweight-target-ess", "--sample-reweight-unit", "--sample-reweight-max-documents",
-    "--sample-reweight-preview",
+    "--sample-reweight-preview", "--sample-reweight-collective",
 }
 
 

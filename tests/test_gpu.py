@@ -54,10 +54,11 @@ def host_syncs_raise():
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.parametrize("collective", ["gather", "reduce"])
 @pytest.mark.parametrize("contract", CONTRACTS)
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_hook_makes_no_host_sync(strategy, contract):
-    config = ReweightConfig(strategy=strategy, r=0.4, warmup_iters=10)
+def test_hook_makes_no_host_sync(strategy, contract, collective):
+    config = ReweightConfig(strategy=strategy, r=0.4, warmup_iters=10, collective=collective)
     # Domain telemetry on (per-domain means, the heavier of its two forms); past the burn-in, so weights are live.
     telemetry = SampleTelemetry(domain_ids=torch.arange(B, device="cuda") % 3,
                                 domain_names=("a", "b", "c"))

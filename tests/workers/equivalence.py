@@ -20,6 +20,7 @@ bit: the same losses, every ``main_grad`` after each backward and every paramete
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -51,6 +52,8 @@ LINUPPER = ReweightConfig(strategy="linupper", r=0.4, warmup_iters=0)
 # check covers the per-document sums over CP, the fixed-size gather over DP and the r search.
 DOCUMENTS = ReweightConfig(strategy="linupper", warmup_iters=0, unit="document", max_documents=4,
                            target_ess=0.6)
+# The "reduce" variant: linupper's weights from all-reduced scalars instead of gathered losses.
+REDUCE = dataclasses.replace(LINUPPER, collective="reduce")
 
 
 def with_documents(batch: dict) -> dict:
@@ -126,7 +129,7 @@ def equivalence(layout, contract):
     chunks, optimizer, _ = L.build_model_and_optimizer(layout, calculate_per_token_loss=per_token)
     history = {k: [] for k in [*REPORT_KEYS, "grad_norm"]}
     for step in range(STEPS):
-        config = DOCUMENTS if contract == "documents" else LINUPPER
+        config = {"documents": DOCUMENTS, "reduce": REDUCE}.get(contract, LINUPPER)
         loss_fn = partial(reweighted_loss_func, config=config, iteration=step, contract=hook)
         for key, value in run_step(chunks, optimizer, step, loss_fn, uneven=per_token).items():
             history[key].append(value)
@@ -152,7 +155,9 @@ def bitwise(layout, contract):
     """Count mismatches (must be 0) between Megatron-LM's loss_func and uniform reweighting."""
     per_token, hook = contract_setup(contract)
     baseline = baseline_2tuple if contract == "mean" else L.gpt_loss_func
-    uniform = partial(reweighted_loss_func, config=ReweightConfig(), iteration=0, contract=hook)
+    collective = "reduce" if contract == "reduce" else "gather"
+    uniform = partial(reweighted_loss_func, config=ReweightConfig(collective=collective),
+                      iteration=0, contract=hook)
     runs = []
     for loss_fn in (baseline, uniform):
         chunks, optimizer, _ = L.build_model_and_optimizer(layout, calculate_per_token_loss=per_token)
@@ -186,7 +191,7 @@ def main() -> int:
     parser.add_argument("--layouts", nargs="*", default=[])
     parser.add_argument("--bitwise", nargs="*", default=[], help="layouts for the uniform check")
     parser.add_argument("--contracts", nargs="+",
-                        default=["token_sum", "per_token", "mean", "documents"])
+                        default=["token_sum", "per_token", "mean", "documents", "reduce"])
     args = parser.parse_args()
 
     dist.init_process_group(backend())
