@@ -104,6 +104,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.cost.weights_cost
 	$(PY) -m benchmarks.cost.overhead
 	$(PY) -m benchmarks.cost.megatron_lm_overhead
+	$(PY) -m benchmarks.cost.collective_latency
 
 sweep: $(STAMP)
 	$(PY) -m megatron_rw.data.prepare --profile small --out data/small

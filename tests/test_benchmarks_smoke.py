@@ -73,3 +73,16 @@ def test_weights_variants_cost_times_every_variant_without_host_syncs():
     # the target-ESS path really reaches its target (it is what is being timed)
     w = wvc.with_ess(4.0 + torch.rand(256, generator=torch.Generator().manual_seed(0)), "robust")
     assert abs(float(w.sum() ** 2 / (256 * (w * w).sum())) - wvc.TARGET_ESS) < 0.01
+
+
+def test_collective_latency_times_both_collectives(tmp_path):
+    """benchmarks.cost.collective_latency on DP 2 for a few rounds (one torchrun launch)."""
+    from benchmarks.cost import collective_latency as cl
+
+    row = cl.measure(2, rounds=4, warmup=1)
+    assert row["dp"] == 2 and row["global_micro_batch"] == 2 * cl.B
+    assert row["gather_us"]["n"] == row["reduce_us"]["n"] == 4
+    assert row["gather_us"]["median"] > 0 and row["reduce_us"]["median"] > 0
+    assert len(row["ratio_reduce_over_gather"]["median_ci95"]) == 2
+    cl.plot([row], str(tmp_path / "latency.png"))
+    assert (tmp_path / "latency.png").stat().st_size > 5_000
