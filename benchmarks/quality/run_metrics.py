@@ -25,14 +25,15 @@ the runs archived under results/, which the project's former trainer logged (up 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
 from typing import Dict, List, Optional
 
-from megatron_rw.megatron_training import run_log
 from megatron_rw.data.domains import domain_name
+from megatron_rw.megatron_training import run_log
 
 RENAMES = {"learning-rate": "learning rate", "grad-norm": "grad norm"}
 SHARE, WEIGHT_SHARE, PREVIEW_SHARE = "sample share/", "sample weight share/", "preview weight share/"
@@ -42,23 +43,20 @@ R_KEY = "reweight r"
 
 def schedule_r(args: Dict[str, str]):
     """``iteration -> r`` of the run's ``--sample-reweight-*`` flags, read back from the
-    arguments Megatron wrote to TensorBoard (``str`` of each value)."""
+    arguments Megatron wrote to TensorBoard (``str`` of each value; the field's type converts
+    it back)."""
     from megatron_rw import ReweightConfig
     from megatron_rw.schedule import temperature_at
 
-    parser = argparse.ArgumentParser()
-    from megatron_rw import add_sample_reweight_args
-    add_sample_reweight_args(parser)
-    flags = []
-    for action in parser._actions:
-        text = args.get(action.dest)
-        if not action.option_strings or text in (None, "None"):
+    defaults = ReweightConfig()
+    kwargs = {}
+    for f in dataclasses.fields(ReweightConfig):
+        text = args.get("sample_reweight_" + f.name)
+        if text in (None, "None"):
             continue
-        if action.nargs == 0:  # store_true
-            flags += [action.option_strings[0]] if text == "True" else []
-        else:
-            flags += [action.option_strings[0], text]
-    config = ReweightConfig.from_args(parser.parse_args(flags))
+        kind = type(getattr(defaults, f.name))
+        kwargs[f.name] = text == "True" if kind is bool else kind(text)
+    config = ReweightConfig(**kwargs)
     return lambda iteration: temperature_at(config, iteration - 1)  # after `iteration` steps
 
 
