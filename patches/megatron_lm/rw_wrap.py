@@ -166,8 +166,9 @@ def wrap_forward_step(forward_step: Callable, get_config: Callable[[], Any],
         get_packing: returns the run's ``rw_units.Packing`` (None: unpacked micro-batches;
             called once). Packed micro-batches are weighed per original row (or document):
             ``loss_func`` then gets ``units=`` and ``num_units=`` (rw_units.py).
-        get_sample_log: returns the run's ``rw_samples.SampleLog`` (None: no per-sample log on
-            this rank; called once). Its ``sink(iteration, r)`` receives each sample's loss and
+        get_sample_log: returns the run's ``rw_samples.SampleLog`` (None without
+            ``--log-sample-weights``; every rank has one, only the writing rank a file; called
+            once). Its ``sink(iteration, r)`` receives each sample's loss and
             weight on the logged steps; with a log the rows carry their domain, uniform or not.
 
     In evaluation (the model in eval mode, as Megatron-LM's ``evaluate`` sets it) the result of
